@@ -1,0 +1,403 @@
+"""MBT: the Multimodal Bottleneck Transformer (Nagrani et al., NeurIPS 2021), equal to Scenic's `mbt/model.py`.
+
+One pre-LN ViT stream per modality. Up to `fusion_layer` the streams are independent; from it on they exchange
+information, either through a few shared bottleneck tokens (`use_bottleneck=True`: each modality's block runs on
+[own tokens ; bottleneck], and the updated bottleneck copies are averaged) or through vanilla cross-attention
+(each modality attends over all tokens). Shapes use B = batch, N = tokens, D = hidden_size.
+
+Numerics follow the official Flax model exactly: LayerNorm eps 1e-6, tanh-approximated GELU, stochastic depth with
+one draw per example and no 1/(1-p) rescaling, CLS tokens prepended before the position embedding, bottleneck tokens
+appended after a modality's tokens and without position embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import MODALITIES, ConfigError, MBTConfig
+
+LAYER_NORM_EPS = 1e-6  # Flax nn.LayerNorm default
+
+
+@dataclass
+class MBTOutput:
+    """What `MBT.forward` returns, in train and eval mode alike.
+
+    Attributes:
+      logits: (B, num_classes). Token head: the mean of `modality_logits` over the modalities present. Pooled
+        heads ('gap', 'gmp', 'gsp'): the head's logits.
+      modality_logits: token head only: {modality: (B, num_classes)}, one entry per modality present. Training
+        averages the per-modality losses over these (as Scenic does); None for pooled heads.
+      pre_logits: the pooled features fed to `output_projection`, after the optional `pre_logits` Dense + tanh:
+        {modality: (B, R)} (each modality's CLS) for the token head, (B, R) for pooled heads; R =
+        representation_size or hidden_size.
+      tokens: (B, N, D), the final token sequence after `encoder_norm`: modalities concatenated in
+        `modality_fusion` order, CLS tokens included, bottleneck tokens excluded (Scenic's "preclassifier").
+      token_slices: {modality: slice} giving each modality's span in `tokens` (CLS first when present).
+    """
+
+    logits: Tensor
+    modality_logits: dict[str, Tensor] | None
+    pre_logits: Tensor | dict[str, Tensor]
+    tokens: Tensor
+    token_slices: dict[str, slice]
+
+
+# ---------------------------------------------------------------------------------------------------- blocks
+class Mlp(nn.Module):
+    """Dense -> GELU(tanh) -> Dropout -> Dense -> Dropout (Scenic's `MlpBlock`)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.drop1 = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, N, D) -> (B, N, D)
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with Q, K, V packed in one projection (`qkv`, rows q | k | v)."""
+
+    def __init__(self, dim: int, num_heads: int, attention_dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attention_dropout = attention_dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Attention of the tokens `x` over the keys [context ; x].
+
+        Args:
+          x: (B, N, D) normalised query tokens; they are also keys and values.
+          context: (B, M, D) normalised tokens that serve only as keys and values, placed before `x` (as in
+            Scenic's vanilla fusion). No queries, and no output, are computed for them.
+        Returns: (B, N, D).
+        """
+        B, N, D = x.shape
+        H, hd = self.num_heads, self.head_dim
+        if context is None:
+            q, k, v = self.qkv(x).view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # each (B, H, N, hd)
+        else:
+            w_q, w_kv = self.qkv.weight.split([D, 2 * D])
+            b_q, b_kv = self.qkv.bias.split([D, 2 * D])
+            q = F.linear(x, w_q, b_q).view(B, N, H, hd).transpose(1, 2)  # (B, H, N, hd)
+            kv_in = torch.cat([context, x], dim=1)  # (B, M + N, D)
+            k, v = F.linear(kv_in, w_kv, b_kv).view(B, kv_in.shape[1], 2, H, hd).permute(2, 0, 3, 1, 4)
+        # Dropout on the attention weights, one mask per element (Flax broadcast_dropout=False).
+        p = self.attention_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, N, hd)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN transformer block (Scenic's `EncoderBlock`) with per-example stochastic depth.
+
+    x1 = x + drop_path(Dropout(Attention(LN1(x))));  out = x1 + drop_path(Mlp(LN2(x1))).
+    drop_path multiplies a branch by (1 - d), d ~ Bernoulli(droplayer_p), one draw per example and per branch, with
+    no 1/(1-p) rescaling (Scenic's convention, unlike timm's DropPath).
+    """
+
+    def __init__(self, config: MBTConfig, droplayer_p: float) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.droplayer_p = droplayer_p
+        self.norm1 = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.attn = Attention(d, config.num_heads, config.attention_dropout_rate)
+        self.drop = nn.Dropout(config.dropout_rate)
+        self.norm2 = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.mlp = Mlp(d, config.mlp_dim, config.dropout_rate)
+
+    def _drop_path(self, y: Tensor) -> Tensor:
+        if not self.training or self.droplayer_p == 0.0:
+            return y
+        keep = torch.empty((y.shape[0],) + (1,) * (y.ndim - 1), dtype=y.dtype, device=y.device)
+        return y * keep.bernoulli_(1.0 - self.droplayer_p)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """x: (B, N, D). context: (B, M, D) un-normalised tokens attended to as keys/values only (vanilla fusion).
+        Returns (B, N, D): the block's output for `x`, equal to running the block on [context ; x] and keeping the
+        last N outputs, at the cost of N queries instead of M + N."""
+        ctx = None if context is None else self.norm1(context)
+        x = x + self._drop_path(self.drop(self.attn(self.norm1(x), ctx)))
+        return x + self._drop_path(self.mlp(self.norm2(x)))
+
+
+# ---------------------------------------------------------------------------------------------------- tokens
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens, as a VALID convolution with stride = kernel (Scenic's `nn.Conv`).
+
+    rgb, '3d_conv':           (B, C, T, H, W) -> Conv3d (t, h, w) -> (B, T/t * H/h * W/w, D), order (t, h, w).
+    rgb, 'temporal_sampling': (B, C, T, H, W) -> the sampled frames stacked along H -> Conv2d (h, w).
+    spectrogram:              (B, C, time, mel) -> Conv2d (time, mel) -> (B, time/pt * mel/pf, D), time-major.
+
+    The convolution is computed as one matrix multiply over the unfolded patches, which is exact (stride = kernel)
+    and faster on CPU than a strided convolution.
+    """
+
+    def __init__(self, in_channels: int, dim: int, patch: tuple[int, ...],
+                 frame_indices: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        self.patch = tuple(patch)
+        conv = nn.Conv3d if len(patch) == 3 else nn.Conv2d
+        self.proj = conv(in_channels, dim, kernel_size=patch, stride=patch)
+        if frame_indices is not None:
+            self.register_buffer("frame_indices", torch.tensor(frame_indices, dtype=torch.long), persistent=False)
+        else:
+            self.frame_indices = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.frame_indices is not None:  # temporal_sampling: (B, C, T, H, W) -> (B, C, T_s * H, W)
+            x = x.index_select(2, self.frame_indices)
+            x = x.reshape(x.shape[0], x.shape[1], -1, x.shape[-1])
+        B, C = x.shape[:2]
+        grid = [s // p for s, p in zip(x.shape[2:], self.patch)]
+        x = x[(slice(None), slice(None)) + tuple(slice(0, g * p) for g, p in zip(grid, self.patch))]  # VALID
+        if len(self.patch) == 3:
+            (gt, gh, gw), (pt, ph, pw) = grid, self.patch
+            x = x.reshape(B, C, gt, pt, gh, ph, gw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        else:
+            (gh, gw), (ph, pw) = grid, self.patch
+            x = x.reshape(B, C, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
+        x = x.reshape(B, math.prod(grid), -1)  # (B, N, C * prod(patch)), in the conv weight's (C, *patch) order
+        return F.linear(x, self.proj.weight.flatten(1), self.proj.bias)  # (B, N, D)
+
+
+class Tokenizer(nn.Module):
+    """A modality's input -> its token sequence: patch embedding, CLS prepended (token head), position embedding
+    added. Output (B, N, D) with N = config.num_tokens(modality)."""
+
+    def __init__(self, config: MBTConfig, modality: str) -> None:
+        super().__init__()
+        self.modality = modality
+        self.expected_shape = config.input_shape(modality)
+        if modality == "rgb":
+            if config.temporal_encoding == "3d_conv":
+                self.patch_embed = PatchEmbed(config.rgb_channels, config.hidden_size, config.rgb_patch_size)
+            else:
+                self.patch_embed = PatchEmbed(config.rgb_channels, config.hidden_size, config.rgb_patch_size[1:],
+                                              frame_indices=config.rgb_frame_indices)
+        else:
+            self.patch_embed = PatchEmbed(config.spectrogram_channels, config.hidden_size,
+                                          config.spectrogram_patch_size)
+        d = config.hidden_size
+        self.cls = nn.Parameter(torch.zeros(1, 1, d)) if config.classifier == "token" else None
+        self.pos_embedding = nn.Parameter(torch.zeros(1, config.num_tokens(modality), d))
+
+    def check_input(self, x: Tensor) -> Tensor:
+        """Validate an input batch; a 1-channel spectrogram is broadcast to a model configured with more channels
+        (Scenic's pipeline copies the single log-mel channel into 3 identical ones)."""
+        want = self.expected_shape
+        if (self.modality == "spectrogram" and x.ndim == 4 and x.shape[1] == 1 and want[0] > 1
+                and tuple(x.shape[2:]) == want[1:]):
+            x = x.expand(-1, want[0], -1, -1)
+        if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
+            layout = "(B, C, T, H, W)" if self.modality == "rgb" else "(B, C, time, mel)"
+            raise ValueError(f"input {self.modality!r} has shape {tuple(x.shape)}; this model takes {layout} = "
+                             f"(B, {', '.join(map(str, want))}), channels first (see MBTConfig input geometry)")
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(self.check_input(x))  # (B, N', D)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N' + 1, D)
+        return x + self.pos_embedding
+
+
+# ---------------------------------------------------------------------------------------------------- model
+class MBT(nn.Module):
+    """The Multimodal Bottleneck Transformer.
+
+    Input: a dict of channels-first float tensors, one per modality in `config.modality_fusion`:
+      'rgb':         (B, 3, T, H, W), frames in [-1, 1]; T = num_frames, (H, W) = image_size.
+      'spectrogram': (B, C, time, mel), a standardised log-mel spectrogram; (time, mel) = spectrogram_shape.
+    Other keys (labels, flags) are ignored. At inference a configured modality may be left out (or be None): the
+    model then fuses the modalities present and the token head averages their logits.
+
+    Output: `MBTOutput`.
+
+    Train vs eval follows Scenic's `train` flag: dropout, attention dropout and stochastic depth act only in
+    training, and `test_with_bottlenecks=False` switches off all cross-modal exchange in eval mode.
+
+    `scenic_vanilla_schedule` (attribute, default False): vanilla fusion with separate weights normally computes
+    queries and the MLP only for each modality's own tokens; set it to True to run Scenic's literal schedule (each
+    modality's block over all tokens, other modalities' outputs discarded). Same result, about twice the cost; kept
+    to test and measure the saving.
+    """
+
+    def __init__(self, config: MBTConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.scenic_vanilla_schedule = False
+        d, L = config.hidden_size, config.num_layers
+        self.tokenizers = nn.ModuleDict({m: Tokenizer(config, m) for m in config.modality_fusion})
+        self.bottleneck = nn.Parameter(torch.zeros(1, config.n_bottleneck_tokens, d)) if config.use_bottleneck \
+            else None
+        streams = ("shared",) if config.share_encoder else config.modality_fusion
+        droplayer = [layer / max(L - 1, 1) * config.stochastic_droplayer_rate for layer in range(L)]
+        self.encoders = nn.ModuleDict(
+            {s: nn.ModuleList(EncoderBlock(config, droplayer[layer]) for layer in range(L)) for s in streams})
+        self.encoder_norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        r = config.representation_size
+        self.pre_logits = nn.Linear(d, r) if r is not None else None
+        self.output_projection = nn.Linear(r or d, config.num_classes)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Scenic's initialisers (reference A.9): xavier-uniform attention and MLP kernels, MLP biases N(0, 1e-6),
+        lecun-normal patch and pre_logits kernels, zero CLS, N(0, 0.02) position embeddings and bottleneck, and a
+        zero `output_projection`."""
+        for module in self.modules():
+            if isinstance(module, Attention):
+                d = module.proj.in_features
+                for w in module.qkv.weight.split(d):  # q, k, v are separate (D, D) kernels in Flax
+                    nn.init.xavier_uniform_(w)
+                nn.init.zeros_(module.qkv.bias)
+                nn.init.xavier_uniform_(module.proj.weight)
+                nn.init.zeros_(module.proj.bias)
+            elif isinstance(module, Mlp):
+                for fc in (module.fc1, module.fc2):
+                    nn.init.xavier_uniform_(fc.weight)
+                    nn.init.normal_(fc.bias, std=1e-6)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, PatchEmbed):
+                _lecun_normal_(module.proj.weight, fan_in=module.proj.weight[0].numel())
+                nn.init.zeros_(module.proj.bias)
+            elif isinstance(module, Tokenizer):
+                if module.cls is not None:
+                    nn.init.zeros_(module.cls)
+                nn.init.normal_(module.pos_embedding, std=0.02)
+        if self.bottleneck is not None:
+            nn.init.normal_(self.bottleneck, std=0.02)
+        if self.pre_logits is not None:
+            _lecun_normal_(self.pre_logits.weight, fan_in=self.pre_logits.in_features)
+            nn.init.zeros_(self.pre_logits.bias)
+        nn.init.zeros_(self.output_projection.weight)
+        nn.init.zeros_(self.output_projection.bias)
+
+    # ------------------------------------------------------------------ forward
+    def block(self, modality: str, layer: int) -> EncoderBlock:
+        """The encoder block of `modality` at `layer` (the shared one with share_encoder)."""
+        return self.encoders["shared" if self.config.share_encoder else modality][layer]
+
+    def present_modalities(self, inputs: Mapping[str, Tensor | None]) -> list[str]:
+        """Configured modalities given in `inputs`, in `modality_fusion` order."""
+        present = [m for m in self.config.modality_fusion if inputs.get(m) is not None]
+        if not present:
+            raise ValueError(f"no input for any configured modality {list(self.config.modality_fusion)}; "
+                             f"got keys {sorted(inputs)}")
+        return present
+
+    def forward(self, inputs: Mapping[str, Tensor | None]) -> MBTOutput:
+        cfg = self.config
+        present = self.present_modalities(inputs)
+        x = {m: self.tokenizers[m](inputs[m]) for m in present}  # {m: (B, N_m, D)}
+        batch = {t.shape[0] for t in x.values()}
+        if len(batch) != 1:
+            raise ValueError(f"inputs have different batch sizes: { {m: t.shape[0] for m, t in x.items()} }")
+        n_tokens = {m: t.shape[1] for m, t in x.items()}
+
+        # Scenic fuses only with two or more configured modalities, and a bottleneck model evaluated with
+        # test_with_bottlenecks=False does no exchange at all.
+        fusing = len(cfg.modality_fusion) > 1 and not (
+            cfg.use_bottleneck and not (self.training or cfg.test_with_bottlenecks))
+        bottleneck = self.bottleneck.expand(batch.pop(), -1, -1) if cfg.use_bottleneck and fusing else None
+        joint: Tensor | None = None  # the joint sequence of vanilla fusion with a shared encoder
+        for layer in range(cfg.num_layers):
+            if not fusing or layer < cfg.fusion_layer:
+                for m in present:
+                    x[m] = self.block(m, layer)(x[m])
+            elif cfg.use_bottleneck:
+                # Each modality updates its own copy of the same incoming bottleneck; the copies are averaged.
+                updated = []
+                for m in present:
+                    out = self.block(m, layer)(torch.cat([x[m], bottleneck], dim=1))  # (B, N_m + n_b, D)
+                    x[m], b_m = out.split([n_tokens[m], bottleneck.shape[1]], dim=1)
+                    updated.append(b_m)
+                bottleneck = torch.stack(updated, dim=-1).mean(dim=-1)
+            elif cfg.share_encoder:
+                if joint is None:
+                    joint = torch.cat([x[m] for m in present], dim=1)
+                joint = self.block(present[0], layer)(joint)
+            else:
+                # Vanilla cross-attention with separate weights: every modality attends over
+                # [other modalities in the fixed order (rgb, spectrogram) ; own tokens], all from the previous layer.
+                new = {}
+                for m in present:
+                    context = [x[o] for o in MODALITIES if o != m and o in x]
+                    blk = self.block(m, layer)
+                    if not context:
+                        new[m] = blk(x[m])
+                    elif self.scenic_vanilla_schedule:
+                        new[m] = blk(torch.cat(context + [x[m]], dim=1))[:, -n_tokens[m]:]
+                    else:
+                        new[m] = blk(x[m], context=torch.cat(context, dim=1))
+                x = new
+
+        tokens = joint if joint is not None else torch.cat([x[m] for m in present], dim=1)
+        tokens = self.encoder_norm(tokens)  # (B, N, D)
+        slices, start = {}, 0
+        for m in present:
+            slices[m] = slice(start, start + n_tokens[m])
+            start += n_tokens[m]
+        return self._head(tokens, slices)
+
+    def _head(self, tokens: Tensor, slices: dict[str, slice]) -> MBTOutput:
+        cfg = self.config
+        if cfg.classifier == "token":
+            feats = {m: tokens[:, s.start] for m, s in slices.items()}  # each modality's CLS, (B, D)
+            if self.pre_logits is not None:  # one shared Dense + tanh
+                feats = {m: torch.tanh(self.pre_logits(f)) for m, f in feats.items()}
+            modality_logits = {m: self.output_projection(f) for m, f in feats.items()}  # shared projection
+            logits = sum(modality_logits.values()) / len(modality_logits)
+            return MBTOutput(logits, modality_logits, feats, tokens, slices)
+        if cfg.classifier == "gap":
+            pooled = tokens.mean(dim=1)
+        elif cfg.classifier == "gmp":
+            pooled = tokens.amax(dim=1)
+        else:  # gsp
+            pooled = tokens.sum(dim=1)
+        if self.pre_logits is not None:
+            pooled = torch.tanh(self.pre_logits(pooled))
+        return MBTOutput(self.output_projection(pooled), None, pooled, tokens, slices)
+
+    # ------------------------------------------------------------------ model directories
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `config.json` and `model.safetensors` to `directory` (created if needed)."""
+        from ..weights.io import save_model_dir
+
+        return save_model_dir(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "MBT":
+        """Load a model directory written by `save_pretrained` or `mbt convert` (eval mode)."""
+        from ..weights.io import load_model_dir
+
+        return load_model_dir(directory, map_location=map_location)
+
+
+@torch.no_grad()
+def _lecun_normal_(weight: Tensor, fan_in: int) -> None:
+    """Flax `lecun_normal`: a normal truncated at 2 std, scaled so the variance is 1 / fan_in."""
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+__all__ = ["MBT", "MBTOutput", "EncoderBlock", "Attention", "Mlp", "PatchEmbed", "Tokenizer", "ConfigError"]

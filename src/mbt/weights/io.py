@@ -1,0 +1,81 @@
+"""Model directories: `config.json` (the MBTConfig) + `model.safetensors` (the state dict), as in Hugging Face."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..models.config import MBTConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be read or does not fit the model. The message names the file and the key."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder and rename it, so a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model_dir(model: torch.nn.Module, directory: str | Path) -> Path:
+    """Write `model.config` to config.json and the state dict to model.safetensors in `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    _atomic_write(directory / CONFIG_NAME, lambda p: model.config.to_json_file(p))
+    return directory
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], source: str) -> None:
+    """Raise `CheckpointError` naming every missing, unexpected or wrongly shaped tensor."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = [f"{k}: file {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(expected) & set(got)) if tuple(got[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected}")
+    if shapes:
+        problems.append(f"wrong shape {shapes}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model in its config.json: " + "; ".join(problems))
+
+
+def load_model_dir(directory: str | Path, map_location: str | torch.device = "cpu"):
+    """Build the model described by `directory/config.json` and load `directory/model.safetensors` (eval mode)."""
+    from ..models.mbt import MBT
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: not a model directory (expected a folder with {CONFIG_NAME} and "
+                                f"{WEIGHTS_NAME}, as written by save_pretrained or `mbt convert`)")
+    config = MBTConfig.from_json_file(directory / CONFIG_NAME)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no such file")
+    try:
+        state = load_file(weights, device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
+    model = MBT(config)
+    check_state_dict(model.state_dict(), state, str(weights))
+    model.load_state_dict(state)
+    return model.to(map_location).eval()
