@@ -202,7 +202,7 @@ def scenic_to_state_dict(params: Mapping[str, Any], config: MBTConfig) -> dict[s
                 wrong.append(f"{fk}: {tuple(a.shape)}, expected {shape}")
             arrays.append(a)
         if len(arrays) == len(e.flax_keys) and not wrong:
-            state[e.torch_key] = torch.from_numpy(np.ascontiguousarray(_to_torch(e.kind, arrays)))
+            state[e.torch_key] = torch.tensor(np.ascontiguousarray(_to_torch(e.kind, arrays)))  # a writable copy
     unexpected = sorted(set(flat) - used)
     problems = []
     if missing:
@@ -278,7 +278,7 @@ def read_flax_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         tree = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     except Exception as e:  # msgpack raises ValueError subclasses, and others, for malformed or cut data
-        reason = "the file is cut short (truncated)" if "incomplete" in str(e) else f"{type(e).__name__}: {e}"
+        reason = "the file is truncated" if "incomplete" in str(e) else f"{type(e).__name__}: {e}"
         raise CheckpointError(f"{path}: not a readable Flax msgpack checkpoint ({reason})") from None
     if not isinstance(tree, dict):
         raise CheckpointError(f"{path}: not a Flax checkpoint (msgpack holds a {type(tree).__name__}, "
@@ -311,7 +311,7 @@ def scenic_params_from_checkpoint(tree: Mapping[str, Any], source: str = "checkp
 _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)(?:_(\w+?))?/")
 
 
-def infer_config(params: Mapping[str, Any], *, source: str = "checkpoint", fusion_layer: int = 8,
+def infer_config(params: Mapping[str, Any], *, source: str = "checkpoint", fusion_layer: int | None = None,
                  test_with_bottlenecks: bool = True, modality_fusion: Sequence[str] | None = None,
                  classifier: str | None = None, num_frames: int = 32, image_size: Sequence[int] = (224, 224),
                  spectrogram_shape: Sequence[int] = (800, 128), n_sampled_frames: int | None = None,
@@ -321,7 +321,8 @@ def infer_config(params: Mapping[str, Any], *, source: str = "checkpoint", fusio
 
     From the tree: modalities, hidden size, depth, heads, MLP width, token vs pooled head, bottleneck count,
     share_encoder, patch sizes, input channels, temporal encoding, representation size, number of classes.
-    From the arguments (defaults: the released MBT-B/16x2 AudioSet models): fusion_layer, test_with_bottlenecks,
+    From the arguments (defaults: the released MBT-B/16x2 AudioSet models): fusion_layer (None: 8 for two
+    modalities, 0 for one, where it has no effect), test_with_bottlenecks,
     modality order, the pooling of a head without CLS (gap/gmp/gsp look alike), the input sizes (checked against
     the position-embedding lengths), n_sampled_frames (temporal_sampling), and the training-only rates.
     """
@@ -376,6 +377,14 @@ def infer_config(params: Mapping[str, Any], *, source: str = "checkpoint", fusio
     if use_bottleneck:
         n_bottlenecks = need("bottleneck").shape[1] - (1 if classifier == "token" else 0)
     representation_size = need("pre_logits/kernel").shape[1] if "pre_logits/kernel" in p else None
+    if fusion_layer is None:
+        fusion_layer = 8 if len(modality_fusion) > 1 else 0
+        if fusion_layer > num_layers:
+            raise CheckpointError(f"{source}: the model has {num_layers} layers, so the released models' fusion "
+                                  "layer 8 cannot apply; give the layer it was trained with (--fusion-layer)")
+    elif not 0 <= fusion_layer <= num_layers:
+        raise CheckpointError(f"{source}: --fusion-layer {fusion_layer} is outside 0..{num_layers} "
+                              f"(the model has {num_layers} layers)")
 
     kwargs: dict[str, Any] = {}
     if "rgb" in present:

@@ -1,0 +1,116 @@
+"""The `mbt` command line. Each sub-command is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions and examples; defaults are written into each option's help."""
+
+
+def _positive_pair(text: str) -> tuple[int, int]:
+    parts = text.replace("x", " ").replace(",", " ").split()
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected two positive integers like '224 224' or '224x224', got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert", formatter_class=_Formatter,
+        help="convert a Scenic (Flax) MBT checkpoint into a model directory",
+        description=(
+            "Convert a Scenic MBT checkpoint (a Flax msgpack file: the current train-state layout with 'params', "
+            "or the MBT-trainer / model-zoo layout with 'optimizer/target') into a model directory holding "
+            "config.json and model.safetensors, which mbt.MBT.from_pretrained reads. No jax or flax is needed.\n\n"
+            "The parameter tree gives the width, depth, heads, modalities, classifier, bottleneck count, patch "
+            "sizes and representation size. What it cannot give comes from the options below; their defaults are "
+            "those of the released MBT-B/16x2 AudioSet models (fusion at layer 8, 32 frames of 224x224, an 800x128 "
+            "spectrogram)."),
+        epilog=(
+            "examples:\n"
+            "  mbt convert mbtb32_as-500k_rgb-spec mbt-b16x2-as500k-rgb-spec\n"
+            "  mbt convert checkpoint_1 out/ --fusion-layer 2 --num-frames 8 --image-size 32x32 "
+            "--spectrogram-shape 100x32\n"))
+    p.add_argument("checkpoint", help="Flax msgpack checkpoint file (or a folder: its newest checkpoint_<step>)")
+    p.add_argument("out_dir", help="model directory to write (config.json + model.safetensors)")
+    p.add_argument("--fusion-layer", type=int, default=None,
+                   help="first layer with cross-modal exchange; it is not stored in the checkpoint (default: 8, "
+                        "as in the released models, or 0 for a single-modality model, where it has no effect)")
+    p.add_argument("--no-test-with-bottlenecks", dest="test_with_bottlenecks", action="store_false",
+                   help="evaluate a bottleneck model without any cross-modal exchange (Scenic's "
+                        "test_with_bottlenecks=False)")
+    p.add_argument("--modality-fusion", default=None,
+                   help="modality order, comma-separated (default: spectrogram,rgb, as in the released config; "
+                        "only the order of the output tokens depends on it)")
+    p.add_argument("--classifier", choices=("token", "gap", "gmp", "gsp"), default=None,
+                   help="head type; inferred as 'token' when the checkpoint has CLS tokens, else 'gap' "
+                        "(gap, gmp and gsp have the same parameters: say which)")
+    p.add_argument("--num-frames", type=int, default=32, help="rgb frames per clip (default: 32)")
+    p.add_argument("--image-size", type=_positive_pair, default=(224, 224), metavar="HxW",
+                   help="rgb frame height and width (default: 224x224)")
+    p.add_argument("--spectrogram-shape", type=_positive_pair, default=(800, 128), metavar="TIMExMEL",
+                   help="spectrogram time frames and mel bins (default: 800x128)")
+    p.add_argument("--n-sampled-frames", type=int, default=None,
+                   help="frames kept by a 'temporal_sampling' rgb embedding (2-D embedding kernel)")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .weights.scenic import convert_checkpoint
+
+    modality_fusion = None if args.modality_fusion is None else [
+        m.strip() for m in args.modality_fusion.split(",") if m.strip()]
+    config = convert_checkpoint(
+        args.checkpoint, args.out_dir, fusion_layer=args.fusion_layer,
+        test_with_bottlenecks=args.test_with_bottlenecks, modality_fusion=modality_fusion,
+        classifier=args.classifier, num_frames=args.num_frames, image_size=args.image_size,
+        spectrogram_shape=args.spectrogram_shape, n_sampled_frames=args.n_sampled_frames)
+    fusion = ("bottleneck" if config.use_bottleneck else "vanilla") + f" fusion at layer {config.fusion_layer}"
+    if config.fusion_layer == config.num_layers or len(config.modality_fusion) == 1:
+        fusion = "no fusion" if len(config.modality_fusion) == 1 else "late fusion"
+    print(f"wrote {args.out_dir} (config.json, model.safetensors): {'+'.join(config.modality_fusion)}, "
+          f"{config.num_layers} layers x {config.hidden_size} wide, {config.num_heads} heads, {fusion}"
+          f"{f', {config.n_bottlenecks} bottlenecks' if config.use_bottleneck else ''}, "
+          f"{config.classifier} head, {config.num_classes} classes")
+    return 0
+
+
+_COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (_add_convert,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mbt", formatter_class=_Formatter,
+        description="MBT, the Multimodal Bottleneck Transformer, in PyTorch.")
+    parser.add_argument("--version", action="version", version=f"mbt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from .models.config import ConfigError
+    from .weights.io import CheckpointError
+
+    try:
+        return args.func(args)
+    except (CheckpointError, ConfigError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        # Expected failures (bad file, bad option) get one line, not a traceback.
+        print(f"mbt {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
