@@ -309,16 +309,17 @@ class MBT(nn.Module):
         cfg = self.config
         present = self.present_modalities(inputs)
         x = {m: self.tokenizers[m](inputs[m]) for m in present}  # {m: (B, N_m, D)}
-        batch = {t.shape[0] for t in x.values()}
-        if len(batch) != 1:
-            raise ValueError(f"inputs have different batch sizes: { {m: t.shape[0] for m, t in x.items()} }")
+        batch_sizes = {m: t.shape[0] for m, t in x.items()}
+        if len(set(batch_sizes.values())) != 1:
+            raise ValueError(f"inputs have different batch sizes: {batch_sizes}")
+        batch = batch_sizes[present[0]]
         n_tokens = {m: t.shape[1] for m, t in x.items()}
 
         # Scenic fuses only with two or more configured modalities, and a bottleneck model evaluated with
         # test_with_bottlenecks=False does no exchange at all.
         fusing = len(cfg.modality_fusion) > 1 and not (
             cfg.use_bottleneck and not (self.training or cfg.test_with_bottlenecks))
-        bottleneck = self.bottleneck.expand(batch.pop(), -1, -1) if cfg.use_bottleneck and fusing else None
+        bottleneck = self.bottleneck.expand(batch, -1, -1) if cfg.use_bottleneck and fusing else None
         joint: Tensor | None = None  # the joint sequence of vanilla fusion with a shared encoder
         for layer in range(cfg.num_layers):
             if not fusing or layer < cfg.fusion_layer:

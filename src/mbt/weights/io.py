@@ -42,21 +42,26 @@ def save_model_dir(model: torch.nn.Module, directory: str | Path) -> Path:
     return directory
 
 
+def mismatch_message(missing: list[str], unexpected: list[str], wrong_shape: list[str],
+                     noun: str = "tensor") -> str:
+    """'missing tensor(s) [...]; unexpected tensor(s) [...]; wrong shape [...]', or '' when all fit."""
+    parts = []
+    if missing:
+        parts.append(f"missing {noun}(s) {missing}")
+    if unexpected:
+        parts.append(f"unexpected {noun}(s) {unexpected}")
+    if wrong_shape:
+        parts.append(f"wrong shape: {wrong_shape}")
+    return "; ".join(parts)
+
+
 def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], source: str) -> None:
     """Raise `CheckpointError` naming every missing, unexpected or wrongly shaped tensor."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
     shapes = [f"{k}: file {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
               for k in sorted(set(expected) & set(got)) if tuple(got[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing {missing}")
-    if unexpected:
-        problems.append(f"unexpected {unexpected}")
-    if shapes:
-        problems.append(f"wrong shape {shapes}")
+    problems = mismatch_message(sorted(set(expected) - set(got)), sorted(set(got) - set(expected)), shapes)
     if problems:
-        raise CheckpointError(f"{source} does not fit the model in its config.json: " + "; ".join(problems))
+        raise CheckpointError(f"{source} does not fit the model in its config.json: {problems}")
 
 
 def load_model_dir(directory: str | Path, map_location: str | torch.device = "cpu"):

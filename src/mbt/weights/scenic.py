@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..models.config import MODALITIES, ConfigError, MBTConfig
-from .io import CheckpointError
+from .io import CheckpointError, mismatch_message
 
 # ---------------------------------------------------------------------------------------------------- layout
 
@@ -203,16 +203,9 @@ def scenic_to_state_dict(params: Mapping[str, Any], config: MBTConfig) -> dict[s
             arrays.append(a)
         if len(arrays) == len(e.flax_keys) and not wrong:
             state[e.torch_key] = torch.tensor(np.ascontiguousarray(_to_torch(e.kind, arrays)))  # a writable copy
-    unexpected = sorted(set(flat) - used)
-    problems = []
-    if missing:
-        problems.append(f"missing parameter(s) {missing}")
-    if unexpected:
-        problems.append(f"unexpected parameter(s) {unexpected}")
-    if wrong:
-        problems.append(f"wrong shape: {wrong}")
+    problems = mismatch_message(missing, sorted(set(flat) - used), wrong, noun="parameter")
     if problems:
-        raise CheckpointError("Scenic parameters do not fit the MBT config: " + "; ".join(problems))
+        raise CheckpointError("Scenic parameters do not fit the MBT config: " + problems)
     return state
 
 
