@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (CheckpointError, ConfigError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    except (CheckpointError, ConfigError, OSError) as e:
         # Expected failures (bad file, bad option) get one line, not a traceback.
         print(f"mbt {args.command}: error: {e}", file=sys.stderr)
         return 1

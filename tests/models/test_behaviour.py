@@ -3,6 +3,7 @@ modalities, and the training-time regularisers."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -239,3 +240,94 @@ def test_output_is_the_same_dataclass_in_train_and_eval():
     assert type(a) is type(b)
     assert a.logits.shape == b.logits.shape == (2, 5)
     assert set(a.modality_logits) == set(b.modality_logits) == {"rgb", "spectrogram"}
+
+
+# ---------------------------------------------------------------------------------------------------- heads
+@pytest.mark.parametrize("classifier, pool", [("gap", np.mean), ("gmp", np.max), ("gsp", np.sum)])
+def test_pooled_heads_against_numpy(classifier, pool):
+    """Pooling over every token of the final sequence, then the head, recomputed in numpy from `tokens`."""
+    model = small_model(classifier=classifier, fusion_layer=1)
+    with torch.no_grad():
+        out = model(random_inputs(model.config))
+    pooled = pool(out.tokens.double().numpy(), axis=1)
+    w = model.output_projection.weight.detach().double().numpy()
+    b = model.output_projection.bias.detach().double().numpy()
+    np.testing.assert_allclose(out.pre_logits.double().numpy(), pooled, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.logits.double().numpy(), pooled @ w.T + b, rtol=1e-5, atol=1e-5)
+
+
+def test_token_head_against_numpy():
+    model = small_model(representation_size=6)
+    with torch.no_grad():
+        out = model(random_inputs(model.config))
+    tokens = out.tokens.double().numpy()
+    wp, bp = model.pre_logits.weight.detach().double().numpy(), model.pre_logits.bias.detach().double().numpy()
+    w, b = model.output_projection.weight.detach().double().numpy(), model.output_projection.bias.detach().double().numpy()
+    n_spec = model.config.num_tokens("spectrogram")  # modality_fusion = (spectrogram, rgb): CLS at 0 and n_spec
+    per_modality = [np.tanh(tokens[:, i] @ wp.T + bp) @ w.T + b for i in (0, n_spec)]
+    np.testing.assert_allclose(out.logits.double().numpy(), sum(per_modality) / 2, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- regularisers
+def block_with(droplayer_p: float = 0.0, **rates) -> EncoderBlock:
+    config = small_config(**{"dropout_rate": 0.0, "attention_dropout_rate": 0.0, **rates})
+    torch.manual_seed(0)
+    block = EncoderBlock(config, droplayer_p=droplayer_p)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(0.3 * torch.randn_like(p))
+    return block.train()
+
+
+def capture(module: torch.nn.Module, store: list):
+    return module.register_forward_hook(lambda m, a, o: store.append((a[0].detach(), o.detach())))
+
+
+@pytest.mark.parametrize("name", ["drop", "mlp.drop1", "mlp.drop2"])
+def test_each_dropout_is_applied_per_element_with_rescaling(name):
+    """The dropout after attention and both MLP dropouts act in training: about p of the elements are zeroed and
+    the rest scaled by 1/(1-p) (Flax nn.Dropout)."""
+    block = block_with(dropout_rate=0.4)
+    seen: list = []
+    handle = capture(block.get_submodule(name), seen)
+    block(torch.randn(64, 10, 32))
+    handle.remove()
+    assert len(seen) == 1, f"{name} was not applied"
+    x, y = seen[0]
+    zero = y == 0
+    assert abs(zero.float().mean().item() - 0.4) < 0.02
+    torch.testing.assert_close(y[~zero], x[~zero] / 0.6)
+    # per element: within one example and token, some features are dropped and some kept
+    assert (zero.any(-1) & (~zero).any(-1)).float().mean() > 0.95
+
+
+def test_attention_dropout_is_active_in_training_and_unbiased():
+    block = block_with(attention_dropout_rate=0.5)
+    attn = block.attn
+    x = torch.randn(1, 12, 32)
+    with torch.no_grad():
+        ref = attn.eval()(x)[0]
+        samples = attn.train()(x.expand(4000, -1, -1))  # each example draws its own masks
+    assert not torch.allclose(samples[0], samples[1])
+    # dropout on the attention weights with 1/(1-p) rescaling leaves the expectation unchanged
+    stderr = samples.std(0) / len(samples) ** 0.5
+    assert ((samples.mean(0) - ref).abs() <= 5 * stderr + 1e-6).all()
+
+
+def test_drop_path_masks_of_the_two_branches_are_independent():
+    block = block_with(droplayer_p=0.5)
+    masks: list = []
+    original = block._drop_path
+
+    def recording(y):
+        out = original(y)
+        masks.append((out == 0).flatten(1).all(1))
+        return out
+
+    block._drop_path = recording
+    block(torch.randn(4000, 5, 32))
+    assert len(masks) == 2, "one draw for the attention branch and one for the MLP branch"
+    attn_dropped, mlp_dropped = masks
+    assert abs(attn_dropped.float().mean() - 0.5) < 0.05 and abs(mlp_dropped.float().mean() - 0.5) < 0.05
+    agree = (attn_dropped == mlp_dropped).float().mean().item()
+    assert abs(agree - 0.5) < 0.05, agree  # independent draws agree half the time; a shared mask always

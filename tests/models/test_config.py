@@ -146,3 +146,19 @@ def test_from_scenic_errors():
         MBTConfig.from_scenic({**base, "attention_config": {"type": "factorized_encoder"}}, shapes)
     with pytest.raises(ConfigError, match="classifier '0'"):
         MBTConfig.from_scenic({**base, "classifier": "0"}, shapes)
+
+
+def test_from_scenic_spectrogram_only_needs_no_temporal_encoding():
+    kwargs = dict(hidden_size=64, num_layers=2, num_heads=4, mlp_dim=128, num_classes=3, patches={"size": [8, 8]},
+                  modality_fusion=["spectrogram"], classifier="token", temporal_encoding_config={})
+    config = MBTConfig.from_scenic(kwargs, {"spectrogram": [1, 100, 32, 1]})
+    assert config.modality_fusion == ("spectrogram",) and config.spectrogram_patch_size == (8, 8)
+    with pytest.raises(ConfigError, match="temporal_encoding_config.method must be one of"):
+        MBTConfig.from_scenic({**kwargs, "modality_fusion": ["rgb"]}, {"rgb": [1, 8, 32, 32, 3]})
+
+
+def test_from_scenic_warns_that_dtype_is_not_kept():
+    kwargs = dict(hidden_size=64, num_layers=2, num_heads=4, mlp_dim=128, num_classes=3, patches={"size": [8, 8]},
+                  modality_fusion=["spectrogram"], dtype="bfloat16")
+    with pytest.warns(UserWarning, match="dtype 'bfloat16' is not part of MBTConfig"):
+        MBTConfig.from_scenic(kwargs, {"spectrogram": [1, 100, 32, 1]})

@@ -192,7 +192,8 @@ def test_a_written_checkpoint_of_a_random_model_converts_back(tmp_path):
         torch.testing.assert_close(converted(x).logits, model(x).logits, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("kind", ["truncated", "text", "random", "empty", "not_mbt", "vit", "missing", "list"])
+@pytest.mark.parametrize("kind", ["truncated", "text", "random", "empty", "not_mbt", "vit", "missing", "list",
+                                  "orbax_dir"])
 def test_bad_checkpoints_give_one_line_errors(kind, tmp_path):
     path = tmp_path / "checkpoint_1"
     good = (fixture_dir() / "checkpoint_a" / "checkpoint_1").read_bytes()
@@ -211,6 +212,8 @@ def test_bad_checkpoints_give_one_line_errors(kind, tmp_path):
                                         "head": {"kernel": np.zeros((8, 10), np.float32)}}})
     elif kind == "list":
         path.write_bytes(msgpack.packb([1, 2, 3]))
+    elif kind == "orbax_dir":  # an Orbax checkpoint is a folder named checkpoint_<step>
+        (path / "default").mkdir(parents=True)
     result = subprocess.run([sys.executable, "-m", "mbt.cli", "convert", str(path), str(tmp_path / "out")],
                             capture_output=True, text=True)
     assert result.returncode == 1
@@ -218,6 +221,14 @@ def test_bad_checkpoints_give_one_line_errors(kind, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mbt convert: error: ") and str(path) in lines[0], lines
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_output_folder_that_is_a_file_gives_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    rc = main(["convert", str(fixture_dir() / "checkpoint_f_legacy" / "checkpoint_1"), str(tmp_path / "taken"),
+               "--spectrogram-shape", "100x32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "taken: exists and is not a folder" in err[0]
 
 
 # ------------------------------------------------------------------------------------------- model directories

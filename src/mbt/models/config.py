@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -294,10 +295,12 @@ class MBTConfig:
         unknown = sorted(set(kw) - known)
         if unknown:
             raise ConfigError(f"from_scenic: unknown Scenic MBT argument(s) {unknown}; known: {sorted(known)}")
-        for required in ("hidden_size", "num_layers", "num_heads", "mlp_dim", "num_classes", "patches",
-                         "temporal_encoding_config"):
+        for required in ("hidden_size", "num_layers", "num_heads", "mlp_dim", "num_classes", "patches"):
             if required not in kw:
                 raise ConfigError(f"from_scenic: Scenic MBT argument {required!r} is required")
+        if str(kw.get("dtype", "float32")) not in ("float32", "<class 'jax.numpy.float32'>"):
+            warnings.warn(f"from_scenic: Scenic dtype {kw['dtype']!r} is not part of MBTConfig; the model is built "
+                          "in float32 (use model.to(dtype) or torch.autocast for lower precision)", stacklevel=2)
         attention_type = (kw.get("attention_config") or {}).get("type", "spacetime")
         if attention_type == "factorized_encoder":
             raise ConfigError("from_scenic: attention_config.type 'factorized_encoder' is not supported by MBT")
@@ -309,8 +312,11 @@ class MBTConfig:
         patch = list(kw["patches"]["size"])  # Scenic order: [h, w, t] (t only for 3d_conv)
         if len(patch) not in (2, 3):
             raise ConfigError(f"from_scenic: patches.size must have 2 or 3 entries [h, w(, t)], got {patch}")
-        tec = dict(kw["temporal_encoding_config"])
-        method = tec.get("method")
+        tec = dict(kw.get("temporal_encoding_config") or {})
+        if "rgb" in modality_fusion and tec.get("method") not in TEMPORAL_ENCODINGS:
+            raise ConfigError(f"from_scenic: temporal_encoding_config.method must be one of {TEMPORAL_ENCODINGS} "
+                              f"for an rgb model, got {tec.get('method')!r}")
+        method = tec.get("method", "3d_conv")  # unused without rgb
         if method == "3d_conv" and len(patch) != 3 and "rgb" in modality_fusion:
             raise ConfigError("from_scenic: temporal_encoding_config.method '3d_conv' needs patches.size [h, w, t]")
         rgb_patch = (patch[2] if (method == "3d_conv" and len(patch) == 3) else 1, patch[0], patch[1])
@@ -368,9 +374,10 @@ def _is_int(value: Any) -> bool:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # MBT-B/16x2 as in Scenic's AudioSet config and the released checkpoints: ViT-B, 32 frames x 224 px cut into
-    # 2x16x16 tubelets, an 8 s spectrogram (800 x 128) in 16x16 patches, bottleneck fusion from layer 8 with
-    # 4 bottlenecks, token classifier, 527 AudioSet classes, stochastic depth 0.3.
+    # MBT-B/16x2 as in Scenic's AudioSet config: ViT-B, 32 frames x 224 px cut into 2x16x16 tubelets, an 8 s
+    # spectrogram (800 x 128) in 16x16 patches, bottleneck fusion from layer 8 with 4 bottlenecks, token classifier,
+    # 527 AudioSet classes, stochastic depth 0.3. One spectrogram channel (mbt.data gives one log-mel channel); the
+    # released checkpoints have 3 identical ones, which `mbt convert` keeps (a 1-channel input is broadcast).
     "mbt-b16x2": dict(
         modality_fusion=("spectrogram", "rgb"), fusion_layer=8, use_bottleneck=True, n_bottlenecks=4,
         test_with_bottlenecks=True, share_encoder=False, hidden_size=768, num_layers=12, num_heads=12,

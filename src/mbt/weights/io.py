@@ -35,6 +35,8 @@ def _atomic_write(path: Path, write) -> None:
 def save_model_dir(model: torch.nn.Module, directory: str | Path) -> Path:
     """Write `model.config` to config.json and the state dict to model.safetensors in `directory`."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory}: exists and is not a folder; give a new or existing folder for the model")
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))

@@ -263,6 +263,9 @@ def read_flax_checkpoint(path: str | Path) -> dict[str, Any]:
         if not candidates:
             raise CheckpointError(f"{path}: a folder without a checkpoint_<step> file")
         path = candidates[-1]
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a directory, not a msgpack checkpoint file (Orbax/tensorstore checkpoints "
+                              "are not supported: restore it with flax and save it with flax.training.checkpoints)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     data = path.read_bytes()
