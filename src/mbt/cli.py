@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
@@ -81,7 +84,69 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (_add_convert,)
+def _add_stats(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "stats", formatter_class=_Formatter,
+        help="mean and std of the spectrogram features over a dataset (for normalisation)",
+        description=(
+            "Compute the mean and standard deviation of the audio front end's features over the clips of an "
+            "annotation file (the middle window of each clip, every frame and mel bin, before normalisation). "
+            "Use them as front_end.mean / front_end.std of the data config; --write-config writes such a config."),
+        epilog=(
+            "examples:\n"
+            "  mbt stats train.csv\n"
+            "  mbt stats balanced_train_segments.csv --video-dir audioset/ --labels class_labels_indices.csv "
+            "--write-config preprocessor_config.json\n"))
+    _add_data_args(p)
+    p.add_argument("--front-end", choices=("logmel", "kaldi_fbank"), default="logmel",
+                   help="audio front end (default: logmel, 16 kHz, 25 ms Hamming, 10 ms hop, 128 mel bins)")
+    p.add_argument("--num-mel-bins", type=int, default=128, help="mel bins (default: 128)")
+    p.add_argument("--spec-frames", type=int, default=800, help="frames per window (default: 800 = 8 s)")
+    p.add_argument("--max-clips", type=int, default=None, help="use only the first N clips")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    p.add_argument("--write-config", default=None, metavar="FILE",
+                   help="write a data config (JSON, as preprocessor_config.json) with these statistics")
+    p.set_defaults(func=_run_stats)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("annotations", help="annotation file: AudioSet segments CSV, vggsound.csv, EPIC-KITCHENS-100 CSV, "
+                                       "Kinetics CSV, or a plain CSV path,label[,start,end]")
+    p.add_argument("--format", default="auto", choices=("auto", "audioset", "vggsound", "epic", "kinetics", "csv"),
+                   help="annotation format (default: detected from the file)")
+    p.add_argument("--video-dir", default=None,
+                   help="folder with the media files (searched recursively; for a plain CSV, the base of relative "
+                        "paths, default: the CSV's folder)")
+    p.add_argument("--labels", default=None,
+                   help="AudioSet: class_labels_indices.csv (default: beside the CSV); EPIC: the folder with the "
+                        "class CSVs; others: a file with one label name per line")
+    p.add_argument("--split", default=None, help="VGGSound: use only rows of this split (train or test)")
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from .data.annotations import read_annotations
+    from .data.audio import FrontEndConfig
+    from .data.config import DataConfig
+    from .data.stats import compute_stats
+
+    annotations = read_annotations(args.annotations, format=args.format, video_dir=args.video_dir,
+                                   labels=args.labels, split=args.split)
+    print(annotations.summary(), file=sys.stderr)
+    front_end = FrontEndConfig.preset(args.front_end, num_mel_bins=args.num_mel_bins)
+    config = DataConfig(front_end=front_end, spec_frames=args.spec_frames)
+    stats = compute_stats(annotations, config, max_clips=args.max_clips, num_workers=args.workers)
+    print(stats.skipped, file=sys.stderr)
+    print(f"mean {stats.mean:.6f}  std {stats.std:.6f}  ({stats.num_clips} clips, {stats.num_values} values, "
+          f"front end {args.front_end})")
+    if args.write_config:
+        config = dataclasses.replace(config, front_end=dataclasses.replace(front_end, mean=stats.mean,
+                                                                           std=stats.std))
+        Path(args.write_config).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.write_config}", file=sys.stderr)
+    return 0
+
+
+_COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (_add_convert, _add_stats)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,12 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .data.annotations import AnnotationError
+    from .data.decode import MediaError
     from .models.config import ConfigError
     from .weights.io import CheckpointError
 
     try:
         return args.func(args)
-    except (CheckpointError, ConfigError, OSError) as e:
+    except (CheckpointError, ConfigError, AnnotationError, MediaError, OSError, ValueError) as e:
         # Expected failures (bad file, bad option) get one line, not a traceback.
         print(f"mbt {args.command}: error: {e}", file=sys.stderr)
         return 1

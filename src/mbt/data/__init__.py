@@ -1,0 +1,25 @@
+"""From video files to the batch dict `mbt.MBT` takes: decoding (PyAV), clip sampling, audio front ends,
+augmentation and dataset formats.
+
+    from mbt.data import DataConfig, VideoDataset, make_loader, read_annotations
+    ann = read_annotations("train.csv", video_dir="videos/")           # or AudioSet, VGGSound, EPIC, Kinetics
+    data = VideoDataset(ann, DataConfig.for_model(model.config), split="train")
+    for batch in make_loader(data, batch_size=8, num_workers=2):
+        out = model(batch)                                                # batch['rgb'], batch['spectrogram']
+"""
+
+from .annotations import (FORMATS, AnnotationError, Annotations, Record, VideoIndex, detect_format, read_annotations,
+                          read_audioset, read_csv, read_epic_kitchens, read_kinetics, read_vggsound)
+from .audio import AudioFrontEnd, FrontEndConfig, fbank, kaldi_fbank, logmel
+from .config import PREPROCESSOR_NAME, AugmentConfig, DataConfig
+from .datasets import SkipReport, Skipped, VideoDataset, clip_bounds, collate, make_loader
+from .decode import MediaError, MediaInfo, MediaReader, probe
+from .transforms import VideoTransform, mixup, spec_augment
+
+__all__ = [
+    "FORMATS", "AnnotationError", "Annotations", "Record", "VideoIndex", "detect_format", "read_annotations",
+    "read_audioset", "read_csv", "read_epic_kitchens", "read_kinetics", "read_vggsound", "AudioFrontEnd",
+    "FrontEndConfig", "fbank", "kaldi_fbank", "logmel", "PREPROCESSOR_NAME", "AugmentConfig", "DataConfig",
+    "SkipReport", "Skipped", "VideoDataset", "clip_bounds", "collate", "make_loader", "MediaError", "MediaInfo",
+    "MediaReader", "probe", "VideoTransform", "mixup", "spec_augment",
+]

@@ -1,0 +1,249 @@
+"""`VideoDataset`: annotation records -> model-ready tensors; `collate` -> the batch dict `mbt.MBT` takes.
+
+A sample (train and val: one window per modality; test: `num_test_clips` windows, paired across modalities):
+    'rgb':          (3, T, H, W) float in [-1, 1]       test: (N, 3, T, H, W)
+    'spectrogram':  (1, time, mel) normalised features  test: (N, 1, time, mel)
+    'label':        (num_classes,) float: multi-hot, one-hot, or one-hot per head
+    'missing':      {modality: bool}: the file has no such stream (zeros / silence stand in)
+    'index', 'path'
+`collate` stacks samples into {'rgb': (B, 3, T, H, W), 'spectrogram': (B, 1, time, mel), 'label': (B, C),
+'missing': {m: (B,) bool}, 'index': (B,), 'path': [...], 'skipped': [Skipped, ...]}.
+
+Bad files: with on_error='skip' (the default for training) a file that cannot be used becomes a `Skipped` record
+that `collate` drops and lists in 'skipped'; `SkipReport` counts them over an epoch and prints a summary. With
+on_error='raise' (the default for val/test) the MediaError, naming the file and the reason, propagates.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .annotations import Annotations, Record
+from .audio import AudioFrontEnd
+from .config import DataConfig
+from .decode import MediaError, MediaReader, shorter_side_size
+from .sampling import SPLITS, num_units, sample_offsets, window
+from .transforms import VideoTransform, spec_augment
+
+# A file shorter than the annotated clip end by more than this is taken to be the clip itself (already cut).
+CUT_TOLERANCE = 0.5  # seconds
+ON_ERROR = ("skip", "raise")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample that could not be loaded (on_error='skip')."""
+
+    index: int
+    path: str
+    reason: str
+
+
+def clip_bounds(record: Record, duration: float) -> tuple[float, float]:
+    """[start, end) seconds of a record's clip in its file of `duration` seconds.
+
+    No bounds: the whole file. Bounds inside the file: those bounds. A file that ends before the annotated end
+    (by more than CUT_TOLERANCE) is the clip already cut out of the source video: the whole file.
+    """
+    if record.start is None and record.end is None:
+        return 0.0, duration
+    start = record.start or 0.0
+    end = record.end if record.end is not None else duration
+    if duration < end - CUT_TOLERANCE:
+        return 0.0, duration
+    return start, min(end, duration)
+
+
+class VideoDataset(Dataset):
+    """Annotated video files -> samples for MBT.
+
+    Args:
+      annotations: from `mbt.data.read_annotations`.
+      config: the DataConfig (decoding, sampling, front end, augmentation).
+      split: 'train' (random window, augmentation), 'val' (middle window) or 'test' (num_test_clips windows).
+      on_error: 'skip' or 'raise' for unusable files (default: skip when training, raise otherwise).
+      seed: randomness of training samples depends only on (seed, epoch, index): reproducible with any number of
+        workers. Call `set_epoch` each epoch.
+      decode_threads: FFmpeg threads per decoder (1 suits DataLoader workers; 0 lets FFmpeg choose).
+    """
+
+    def __init__(self, annotations: Annotations, config: DataConfig, split: str = "train",
+                 on_error: str | None = None, seed: int = 0, decode_threads: int = 1) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        on_error = on_error or ("skip" if split == "train" else "raise")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.annotations, self.config, self.split, self.on_error = annotations, config, split, on_error
+        self.seed, self.epoch, self.decode_threads = seed, 0, decode_threads
+        self.front_end = AudioFrontEnd(config.front_end)
+        self.video_transform = VideoTransform(config.crop_size, train=split == "train", augment=config.augment)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.annotations.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
+        record = self.annotations.records[index]
+        try:
+            return self.load(index)
+        except MediaError as e:
+            if self.on_error == "skip":
+                return Skipped(index, record.path, e.reason)
+            raise
+
+    # ------------------------------------------------------------------ loading
+    def load(self, index: int) -> dict[str, Any]:
+        cfg, record = self.config, self.annotations.records[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.split == "train" else None
+        with MediaReader(record.path, threads=self.decode_threads) as reader:
+            info = reader.info
+            start, end = clip_bounds(record, info.duration)
+            has = {"rgb": info.video is not None, "spectrogram": info.audio is not None}
+            wanted = [m for m in cfg.modalities]
+            if not any(has[m] for m in wanted):
+                raise MediaError(record.path, f"none of the configured streams ({', '.join(_stream(m) for m in wanted)})"
+                                              " is in the file")
+            for m in wanted:
+                if not has[m] and cfg.missing_stream == "error":
+                    raise MediaError(record.path, f"no {_stream(m)} stream")
+            len_rgb = len_spec = None
+            if "rgb" in wanted and has["rgb"]:
+                v_end = min(end, info.video.start + info.video.duration)
+                len_rgb = num_units(v_end - start, cfg.fps)
+            if "spectrogram" in wanted and has["spectrogram"]:
+                a_end = min(end, info.audio.start + info.audio.duration)
+                len_spec = num_units(a_end - start, cfg.spec_rate)
+            offsets = sample_offsets(self.split, len_rgb, len_spec, cfg.num_frames, cfg.stride, cfg.spec_frames,
+                                     cfg.num_test_clips, rng)
+            rgb, spec = [], []
+            for o_rgb, o_spec in offsets:
+                if "rgb" in wanted:
+                    rgb.append(self._rgb(reader, start, o_rgb, len_rgb, rng) if o_rgb is not None
+                               else torch.zeros(3, cfg.num_frames, *cfg.crop_size))
+                if "spectrogram" in wanted:
+                    wave = (self._waveform(reader, start, o_spec, len_spec) if o_spec is not None
+                            else torch.zeros(cfg.window_samples()))
+                    spec.append(self._features(wave, rng))
+        sample: dict[str, Any] = {}
+        stack = (lambda xs: torch.stack(xs)) if self.split == "test" else (lambda xs: xs[0])
+        if rgb:
+            sample["rgb"] = stack(rgb)
+        if spec:
+            sample["spectrogram"] = stack(spec)
+        sample["label"] = torch.from_numpy(self.annotations.label_vector(record))
+        sample["missing"] = {m: not has[m] for m in wanted}
+        sample["index"], sample["path"] = index, record.path
+        return sample
+
+    def _rgb(self, reader: MediaReader, start: float, offset: int, length: int,
+             rng: np.random.Generator | None) -> torch.Tensor:
+        cfg = self.config
+        idx = window(offset, cfg.num_frames, cfg.stride, length)
+        size = shorter_side_size(reader.info.video.height, reader.info.video.width, cfg.min_resize)
+        frames = reader.frames(start + idx / cfg.fps, size=size)  # (T, H, W, 3) uint8
+        return self.video_transform(frames, rng)  # (3, T, crop_h, crop_w)
+
+    def _waveform(self, reader: MediaReader, start: float, offset: int, length: int) -> torch.Tensor:
+        """The samples under spectrogram frames [offset, offset + spec_frames), wrapping at the clip end.
+
+        The clip's audio has `length` spectrogram frames, i.e. period = length * hop samples. A window that runs
+        past the end continues from the clip start (the official wrap-around rule, applied to the waveform: only
+        the frames that straddle the seam differ from wrapping the finished spectrogram).
+        """
+        fe = self.config.front_end
+        sr = fe.sample_rate
+        hop = fe.num_samples(2) - fe.num_samples(1)
+        need, s0, period = self.config.window_samples(), offset * hop, length * hop
+        at = lambda a, b: reader.audio(start + a / sr, start + b / sr, sr)  # noqa: E731
+        if s0 + need <= period:
+            wave = at(s0, s0 + need)
+        elif need <= period:
+            wave = np.concatenate([at(s0, period), at(0, s0 + need - period)])
+        else:  # the clip is shorter than the window: tile it
+            wave = np.take(at(0, period), np.arange(s0, s0 + need) % period)
+        return torch.from_numpy(wave)
+
+    def _features(self, wave: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
+        spec = self.front_end(wave)  # (1, time, mel), normalised
+        a = self.config.augment
+        if self.split == "train" and a is not None:
+            g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            spec = spec_augment(spec, a.freq_mask_count, a.freq_mask_max_bins, a.time_mask_count,
+                                a.time_mask_max_frames, generator=g)
+        return spec
+
+
+def _stream(modality: str) -> str:
+    return "video" if modality == "rgb" else "audio"
+
+
+# ---------------------------------------------------------------------------------------------------- batching
+def collate(samples: Sequence[dict[str, Any] | Skipped]) -> dict[str, Any]:
+    """Stack samples into a batch; skipped samples are left out and listed under 'skipped'. 'size' is the number
+    of samples in the batch (0 if all were skipped)."""
+    ok = [s for s in samples if not isinstance(s, Skipped)]
+    batch: dict[str, Any] = {"skipped": [s for s in samples if isinstance(s, Skipped)], "size": len(ok)}
+    if not ok:
+        return batch
+    for key in ("rgb", "spectrogram", "label"):
+        if key in ok[0]:
+            batch[key] = torch.stack([s[key] for s in ok])
+    batch["missing"] = {m: torch.tensor([s["missing"][m] for s in ok]) for m in ok[0]["missing"]}
+    batch["index"] = torch.tensor([s["index"] for s in ok])
+    batch["path"] = [s["path"] for s in ok]
+    return batch
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers run in parallel already; one thread each avoids oversubscription
+
+
+def make_loader(dataset: VideoDataset, batch_size: int, num_workers: int = 0, shuffle: bool | None = None,
+                drop_last: bool | None = None, sampler=None, **kwargs: Any) -> DataLoader:
+    """A DataLoader with `collate`; training shuffles and drops the last partial batch (as the official loader)."""
+    train = dataset.split == "train"
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                      shuffle=(train if shuffle is None else shuffle) if sampler is None else False,
+                      drop_last=train if drop_last is None else drop_last, sampler=sampler,
+                      worker_init_fn=_worker_init if num_workers > 0 else None,
+                      persistent_workers=False, **kwargs)
+
+
+class SkipReport:
+    """Counts skipped samples over an epoch: `update(batch)` for each batch, `summary()` at the end."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.seen = 0
+        self.skipped: list[Skipped] = []
+
+    def update(self, batch: dict[str, Any]) -> None:
+        self.seen += batch["size"] + len(batch["skipped"])
+        self.skipped.extend(batch["skipped"])
+
+    def summary(self, max_files: int = 10) -> str:
+        if not self.skipped:
+            return f"no sample skipped ({self.seen} seen)"
+        reasons = collections.Counter(_reason_kind(s.reason) for s in self.skipped)
+        lines = [f"skipped {len(self.skipped)} of {self.seen} samples: "
+                 + "; ".join(f"{n} x {r}" for r, n in reasons.most_common())]
+        for s in self.skipped[:max_files]:
+            lines.append(f"  {s.path}: {s.reason}")
+        if len(self.skipped) > max_files:
+            lines.append(f"  ... and {len(self.skipped) - max_files} more")
+        return "\n".join(lines)
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(" (")[0].split(":")[0]

@@ -1,0 +1,316 @@
+"""Decoding video files with PyAV (FFmpeg): frames at given times, audio of a window as 16 kHz mono.
+
+`MediaReader` opens a file once and serves any number of requests:
+  * `frames(times, size)`: the frame shown at each time (the last frame whose timestamp is <= the time), converted
+    to RGB and resized by FFmpeg. It seeks to each run of nearby times and decodes only from the keyframe before it
+    up to the last time asked for: a few seconds of a long video cost a few seconds of decoding.
+  * `audio(start, end, sample_rate)`: the samples of [start, end), downmixed to mono and resampled by FFmpeg.
+Times are seconds from the start of the file (the container's start time is time 0). Every failure is a
+`MediaError` whose message names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import av
+import numpy as np
+
+# A stream may end this much before the time asked for: the last frame is shown for a frame's duration, and
+# audio/video streams of one file often differ in length by a few tens of milliseconds.
+END_TOLERANCE = 0.1  # seconds
+# Times further apart than this are fetched with separate seeks rather than by decoding through the gap.
+SEEK_GAP = 2.0  # seconds
+
+
+class MediaError(Exception):
+    """A media file that cannot be used. `str(error)` is '<path>: <reason>'."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: float
+    width: int
+    height: int
+    start: float  # seconds from the file's time 0
+    duration: float  # seconds
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    start: float
+    duration: float
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    path: str
+    duration: float  # seconds: the longest stream
+    video: VideoInfo | None
+    audio: AudioInfo | None
+
+
+def shorter_side_size(height: int, width: int, shorter: int) -> tuple[int, int]:
+    """(height, width) with the shorter side resized to `shorter` and the aspect ratio kept (rounded, even-free)."""
+    if height <= width:
+        return shorter, max(1, int(round(width * shorter / height)))
+    return max(1, int(round(height * shorter / width))), shorter
+
+
+class MediaReader:
+    """An open media file. Use as a context manager, or call `close()`.
+
+    Args:
+      path: the file.
+      threads: FFmpeg decoding threads for video (0 = FFmpeg's choice). Use 1 in DataLoader workers, which already
+        run in parallel.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        self.path = str(path)
+        self.decoded_frames = 0  # video frames decoded so far: shows that windows are reached by seeking
+        if not os.path.exists(self.path):
+            raise MediaError(path, "no such file")
+        if os.path.isdir(self.path):
+            raise MediaError(path, "is a directory, not a media file")
+        if os.path.getsize(self.path) == 0:
+            raise MediaError(path, "empty file")
+        try:
+            self.container = av.open(self.path, metadata_errors="ignore")
+        except av.error.FFmpegError as e:
+            raise MediaError(path, f"not a media file FFmpeg can read ({_reason(e)})") from None
+        try:
+            self._video = self.container.streams.video[0] if self.container.streams.video else None
+            self._audio = self.container.streams.audio[0] if self.container.streams.audio else None
+            if self._video is None and self._audio is None:
+                raise MediaError(path, "no video or audio stream")
+            if self._video is not None:
+                self._video.thread_type = "AUTO"
+                self._video.thread_count = threads
+            self.t0 = self.container.start_time / av.time_base if self.container.start_time is not None else 0.0
+            self.info = self._probe()
+        except BaseException:
+            self.container.close()
+            raise
+
+    # ------------------------------------------------------------------ info
+    def _stream_span(self, stream) -> tuple[float, float | None]:
+        start = float(stream.start_time * stream.time_base) - self.t0 if stream.start_time is not None else 0.0
+        duration = float(stream.duration * stream.time_base) if stream.duration is not None else None
+        return start, duration
+
+    def _probe(self) -> MediaInfo:
+        container_duration = (self.container.duration / av.time_base if self.container.duration is not None
+                              else None)
+        video = audio = None
+        if self._video is not None:
+            vs = self._video
+            rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+            fps = float(rate) if rate else 25.0
+            start, duration = self._stream_span(vs)
+            if duration is None and vs.frames:
+                duration = vs.frames / fps
+            if duration is None:
+                duration = container_duration if container_duration is not None else self._scan_end(vs) - start
+            if vs.codec_context.width <= 0 or vs.codec_context.height <= 0:
+                raise MediaError(self.path, "the video stream has no frame size (damaged header)")
+            video = VideoInfo(fps, vs.codec_context.width, vs.codec_context.height, start, max(duration, 0.0))
+        if self._audio is not None:
+            a = self._audio
+            start, duration = self._stream_span(a)
+            if duration is None:
+                duration = container_duration if container_duration is not None else self._scan_end(a) - start
+            if not a.rate:
+                raise MediaError(self.path, "the audio stream has no sample rate (damaged header)")
+            audio = AudioInfo(int(a.rate), a.codec_context.channels, start, max(duration, 0.0))
+        total = max((s.start + s.duration for s in (video, audio) if s is not None), default=0.0)
+        return MediaInfo(self.path, total, video, audio)
+
+    def _scan_end(self, stream) -> float:
+        """End time of a stream whose length the container does not state, from its packets (no decoding)."""
+        end = 0.0
+        try:
+            for packet in self.container.demux(stream):
+                if packet.pts is not None:
+                    end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base) - self.t0)
+        except av.error.FFmpegError:
+            pass
+        self.container.seek(0)
+        return end
+
+    # ------------------------------------------------------------------ video
+    def frames(self, times: Sequence[float], size: tuple[int, int] | None = None) -> np.ndarray:
+        """RGB frames shown at `times` (seconds), resized by FFmpeg to `size` = (height, width) if given.
+
+        Returns uint8 (len(times), H, W, 3). Raises MediaError if there is no video stream, if decoding fails, or
+        if the stream ends more than END_TOLERANCE before a requested time (a truncated or damaged file).
+        """
+        if self._video is None:
+            raise MediaError(self.path, "no video stream")
+        times = np.asarray(times, dtype=np.float64)
+        order = np.argsort(times, kind="stable")
+        out: list[np.ndarray | None] = [None] * len(times)
+        run: list[int] = []
+        for i in order:
+            if run and times[i] - times[run[-1]] > SEEK_GAP:
+                self._decode_run(times, run, out, size)
+                run = []
+            run.append(int(i))
+        if run:
+            self._decode_run(times, run, out, size)
+        return np.stack(out)  # type: ignore[arg-type]
+
+    def _decode_run(self, times: np.ndarray, run: list[int], out: list, size: tuple[int, int] | None) -> None:
+        vs = self._video
+        tb = vs.time_base
+        first = times[run[0]]
+        # Seek to the keyframe at or before the first time; if the demuxer overshoots, retry from further back.
+        for back in (0.0, 10.0, math.inf):
+            target = first - back
+            if target <= 0 or back == math.inf:
+                self.container.seek(0)
+            else:
+                self.container.seek(int((target + self.t0) / tb), stream=vs, backward=True)
+            if self._collect(times, run, out, size, allow_restart=back != math.inf):
+                return
+
+    def _collect(self, times, run, out, size, allow_restart: bool) -> bool:
+        """Decode from the current position, assigning frames to the times in `run` (sorted). Returns False if the
+        first frame decoded comes after the first time by more than a frame (a seek that overshot)."""
+        vs = self._video
+        fps = self.info.video.fps
+        eps = 1e-6
+        kwargs = {} if size is None else dict(height=size[0], width=size[1], interpolation="BILINEAR")
+        cache: list = [None, None]  # [frame, its RGB array]: each frame is converted at most once
+
+        def rgb(frame) -> np.ndarray:
+            if cache[0] is not frame:
+                cache[0], cache[1] = frame, frame.to_ndarray(format="rgb24", **kwargs)
+            return cache[1]
+
+        j, prev, prev_t, first = 0, None, None, True
+        try:
+            for frame in self.container.decode(vs):
+                self.decoded_frames += 1
+                t = self._frame_time(frame)
+                if first:
+                    first = False
+                    if t > times[run[0]] + 1.5 / fps and t > self.info.video.start + 1.5 / fps and allow_restart:
+                        return False
+                while j < len(run) and t > times[run[j]] + eps:
+                    # `prev` is on screen at times[run[j]]; before the first frame, the first frame stands in.
+                    out[run[j]] = rgb(prev if prev is not None else frame)
+                    j += 1
+                if j == len(run):
+                    return True
+                prev, prev_t = frame, t
+        except av.error.FFmpegError as e:
+            raise MediaError(self.path, f"video decoding failed ({_reason(e)})") from None
+        # End of stream: the last frame stays on screen for one frame duration (plus tolerance).
+        if prev is None:
+            raise MediaError(self.path, "the video stream has no decodable frame")
+        last_ok = prev_t + 1.0 / fps + END_TOLERANCE
+        for k in run[j:]:
+            if times[k] > last_ok:
+                raise MediaError(self.path, f"truncated or damaged: video frames end at {prev_t + 1 / fps:.2f} s, "
+                                            f"but the file says {self.info.video.start + self.info.video.duration:.2f} "
+                                            f"s and a frame at {times[k]:.2f} s was asked for")
+            out[k] = rgb(prev)
+        return True
+
+    def _frame_time(self, frame) -> float:
+        if frame.pts is not None:
+            return float(frame.pts * frame.time_base) - self.t0
+        if frame.time is not None:
+            return frame.time - self.t0
+        raise MediaError(self.path, "a video frame has no timestamp")
+
+    # ------------------------------------------------------------------ audio
+    def audio(self, start: float, end: float, sample_rate: int = 16000) -> np.ndarray:
+        """Mono float32 samples of [start, end) at `sample_rate`, downmixed and resampled by FFmpeg.
+
+        Returns exactly round((end - start) * sample_rate) samples. Up to END_TOLERANCE missing at either end
+        (streams of slightly different lengths) is filled with silence; more is a MediaError (truncated file).
+        """
+        if self._audio is None:
+            raise MediaError(self.path, "no audio stream")
+        n = int(round((end - start) * sample_rate))
+        if n <= 0:
+            return np.zeros(0, np.float32)
+        a = self._audio
+        if start - 0.5 <= self.info.audio.start:
+            self.container.seek(0)
+        else:  # a little earlier than needed: the resampler's first output needs some history
+            self.container.seek(int((start - 0.5 + self.t0) / a.time_base), stream=a, backward=True)
+        # rematrix_maxval=1 normalises the downmix (5.1 -> mono would otherwise add up to ~3.5x and clip).
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate,
+                                      options={"rematrix_maxval": "1.0"})
+        chunks: list[np.ndarray] = []
+        first_t: float | None = None
+        have = 0
+
+        def take(frames) -> None:
+            nonlocal first_t, have
+            for f in frames:
+                if first_t is None:
+                    first_t = float(f.pts * f.time_base) - self.t0 if f.pts is not None else self.info.audio.start
+                arr = f.to_ndarray().reshape(-1)
+                chunks.append(arr)
+                have += arr.size
+
+        try:
+            for frame in self.container.decode(a):
+                take(resampler.resample(frame))
+                if first_t is not None and first_t + have / sample_rate >= end + 0.05:
+                    break
+            else:
+                take(resampler.resample(None))  # flush at the end of the stream
+        except av.error.FFmpegError as e:
+            raise MediaError(self.path, f"audio decoding failed ({_reason(e)})") from None
+        if first_t is None:
+            raise MediaError(self.path, "the audio stream has no decodable samples")
+        samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        i0 = int(round((start - first_t) * sample_rate))
+        lead = max(0, -i0)
+        got = samples[max(i0, 0): max(i0, 0) + n - lead]
+        tail = n - lead - got.size
+        if lead > END_TOLERANCE * sample_rate:
+            raise MediaError(self.path, f"audio starts at {first_t:.2f} s, after the {start:.2f} s asked for")
+        if tail > END_TOLERANCE * sample_rate:
+            raise MediaError(self.path, f"truncated or damaged: audio ends at {first_t + samples.size / sample_rate:.2f}"
+                                        f" s, but the file says {self.info.audio.start + self.info.audio.duration:.2f}"
+                                        f" s and audio until {end:.2f} s was asked for")
+        if lead or tail:
+            got = np.concatenate([np.zeros(lead, np.float32), got, np.zeros(tail, np.float32)])
+        return np.ascontiguousarray(got, dtype=np.float32)
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> "MediaReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _reason(e: Exception) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return text.split(": '")[0] if text else type(e).__name__
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Streams, rates, sizes and durations of a media file (no decoding)."""
+    with MediaReader(path) as reader:
+        return reader.info

@@ -1,0 +1,196 @@
+"""PyAV decoding on generated files whose content is known: frames at times, audio windows, bad files."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from mbt.data.decode import MediaError, MediaReader, probe, shorter_side_size
+from mbt.data.synthetic import frame_index, tone_schedule, write_media
+
+FREQS = [300.0 * (k + 1) for k in range(10)]  # 300 Hz in second 0, 600 Hz in second 1, ...
+
+
+def dominant_frequency(x: np.ndarray, sample_rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spectrum) * sample_rate / len(x))
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    return {
+        "25fps": write_media(d / "a.mp4", duration=10.0, size=(48, 64), audio_fn=tone_schedule(FREQS)),
+        "30fps": write_media(d / "b.mp4", duration=4.0, fps=30.0, size=(48, 64)),
+        "ntsc_mkv": write_media(d / "c.mkv", duration=3.0, fps=30000 / 1001, video_codec="ffv1", pix_fmt="yuv444p",
+                                audio_codec="libopus", sample_rate=48000, layout="stereo",
+                                audio_fn=tone_schedule([500, 1500, 2500])),
+        "long": write_media(d / "long.mp4", duration=60.0, size=(32, 32), gop=25, audio=False),
+        "48k_51": write_media(d / "d.mp4", duration=3.0, sample_rate=48000, layout="5.1",
+                              audio_fn=tone_schedule([400, 800, 1600])),
+        "8k": write_media(d / "e.mp4", duration=3.0, sample_rate=8000, audio_fn=tone_schedule([400, 800, 1600])),
+        "no_audio": write_media(d / "f.mp4", duration=2.0, audio=False),
+        "no_video": write_media(d / "g.m4a", duration=2.0, video=False),
+        "odd": write_media(d / "h.mp4", duration=1.0, size=(47, 63), pix_fmt="yuv444p"),
+        "one_frame": write_media(d / "i.mp4", duration=0.04, audio=False),
+        "gray": write_media(d / "j.mkv", duration=1.0, video_codec="ffv1", pix_fmt="gray", audio=False),
+    }
+
+
+def test_probe(media):
+    info = probe(media["25fps"])
+    assert info.video.fps == 25.0 and (info.video.height, info.video.width) == (48, 64)
+    assert info.video.duration == pytest.approx(10.0) and info.audio.sample_rate == 16000
+    assert info.audio.duration == pytest.approx(10.0, abs=0.1)
+    mkv = probe(media["ntsc_mkv"])
+    assert mkv.video.fps == pytest.approx(29.97, abs=0.01) and mkv.audio.channels == 2
+    assert probe(media["no_audio"]).audio is None and probe(media["no_video"]).video is None
+
+
+def test_frames_at_times_25fps(media):
+    with MediaReader(media["25fps"]) as r:
+        idx = [37 + 2 * k for k in range(32)]
+        frames = r.frames([i / 25 for i in idx])
+        assert frames.shape == (32, 48, 64, 3) and frames.dtype == np.uint8
+        assert [frame_index(f) for f in frames] == idx
+        # any order, repeats, and times between frames (the frame on screen is the last one started)
+        times = [9.99, 0.0, 0.039, 0.04, 5.0, 5.0, 2.5 + 0.02]
+        assert [frame_index(f) for f in r.frames(times)] == [249, 0, 0, 1, 125, 125, 63]
+
+
+@pytest.mark.parametrize("key, fps", [("30fps", 30.0), ("ntsc_mkv", 30000 / 1001)])
+def test_frames_are_counted_at_the_target_rate_whatever_the_file_rate(media, key, fps):
+    with MediaReader(media[key]) as r:
+        times = [k / 25 for k in range(0, 60, 2)]
+        got = [frame_index(f) for f in r.frames(times)]
+    # The source frame shown at each 25 fps tick: the last whose timestamp, as the container stores it (mkv
+    # rounds to milliseconds), is <= the tick. Timestamps read here with PyAV directly.
+    with av.open(str(media[key])) as c:
+        stamps = [float(f.pts * f.time_base) for f in c.decode(c.streams.video[0])]
+    expected = [max(i for i, s in enumerate(stamps) if s <= t + 1e-9) for t in times]
+    assert got == expected
+    assert expected != [int(np.floor(t * 25 + 1e-9)) for t in times]  # the rates really differ
+
+
+def test_frames_are_resized_by_ffmpeg(media):
+    with MediaReader(media["25fps"]) as r:
+        frames = r.frames([1.0, 2.0], size=shorter_side_size(48, 64, 256))
+    assert frames.shape == (2, 256, 341, 3)
+    assert [frame_index(f) for f in frames] == [25, 50]
+
+
+def test_seeking_decodes_only_near_the_window(media):
+    """32 frames at stride 2 from the middle of a 60 s video with a keyframe every second: at most the GOP before
+    the window plus the window are decoded, not the 1500 frames of the file."""
+    with MediaReader(media["long"]) as r:
+        idx = [750 + 2 * k for k in range(32)]
+        frames = r.frames([i / 25 for i in idx])
+        assert [frame_index(f) % 256 for f in frames] == [i % 256 for i in idx]
+        assert r.decoded_frames <= 25 + 64 + 25, r.decoded_frames
+
+
+def test_wrapped_window_seeks_twice(media):
+    with MediaReader(media["long"]) as r:
+        idx = [(1480 + 2 * k) % 1500 for k in range(32)]
+        frames = r.frames([i / 25 for i in idx])
+        assert [frame_index(f) % 256 for f in frames] == [i % 256 for i in idx]
+        assert r.decoded_frames < 200
+
+
+def test_audio_window_content(media):
+    with MediaReader(media["25fps"]) as r:
+        a = r.audio(2.5, 4.5)
+    assert a.shape == (32000,) and a.dtype == np.float32
+    for t in (2.6, 3.2, 4.1):  # 900 Hz during second 2, 1200 during 3, 1500 during 4
+        i = int((t - 2.5) * 16000)
+        assert dominant_frequency(a[i:i + 1600], 16000) == pytest.approx(FREQS[int(t)], abs=10)
+
+
+@pytest.mark.parametrize("key", ["48k_51", "8k", "ntsc_mkv"])
+def test_audio_is_resampled_to_16k_mono(media, key):
+    freqs = [500, 1500, 2500] if key == "ntsc_mkv" else [400, 800, 1600]
+    with MediaReader(media[key]) as r:
+        a = r.audio(0.0, 3.0)
+    assert a.shape == (48000,)
+    for second in range(3):
+        seg = a[second * 16000 + 2000: second * 16000 + 14000]
+        assert dominant_frequency(seg, 16000) == pytest.approx(freqs[second], abs=5)
+        assert 0.2 < np.abs(seg).max() < 1.5  # the downmix keeps the level
+
+
+def test_audio_and_video_line_up(tmp_path):
+    """A flash in the frames and a click in the audio at the same moment (1.2 s) are found at the same time."""
+    def frame_fn(i, t, size):
+        return np.full((*size, 3), 255 if i == 30 else 0, np.uint8)
+
+    def audio_fn(t):
+        return np.where((t >= 1.2) & (t < 1.21), 0.9, 0.0).astype(np.float32)[None]
+
+    path = write_media(tmp_path / "sync.mp4", duration=3.0, frame_fn=frame_fn, audio_fn=audio_fn)
+    with MediaReader(path) as r:
+        frames = r.frames([k / 25 for k in range(75)])
+        audio = r.audio(0.0, 3.0)
+    flash = np.argmax(frames.mean(axis=(1, 2, 3))) / 25
+    click = np.argmax(np.abs(audio) > 0.3) / 16000
+    assert abs(flash - 1.2) < 1e-6 and abs(click - 1.2) < 0.002
+    assert abs(flash - click) <= 1 / 25
+
+
+def test_odd_sizes_gray_and_one_frame(media):
+    with MediaReader(media["odd"]) as r:
+        f = r.frames([0.0, 0.5], size=shorter_side_size(47, 63, 32))
+        assert f.shape == (2, 32, 43, 3) and [frame_index(x) for x in f] == [0, 12]
+    with MediaReader(media["gray"]) as r:  # a gray pixel format decodes to 3 equal channels
+        f = r.frames([0.0, 0.5])
+        assert f.shape == (2, 48, 64, 3)
+        assert np.array_equal(f[..., 0], f[..., 1]) and np.array_equal(f[..., 0], f[..., 2])
+        assert f[0].std() < 1 and abs(float(f[0].mean()) - float(f[1].mean())) > 5  # flat frames that change
+    with MediaReader(media["one_frame"]) as r:
+        assert [frame_index(x) for x in r.frames([0.0, 0.0, 0.05])] == [0, 0, 0]
+
+
+def test_missing_streams(media):
+    with MediaReader(media["no_audio"]) as r:
+        with pytest.raises(MediaError, match="f.mp4: no audio stream"):
+            r.audio(0, 1)
+    with MediaReader(media["no_video"]) as r:
+        with pytest.raises(MediaError, match="g.m4a: no video stream"):
+            r.frames([0.0])
+        assert r.audio(0.5, 1.0).shape == (8000,)
+
+
+def test_asking_past_the_end_is_an_error(media):
+    with MediaReader(media["25fps"]) as r:
+        assert r.frames([10.05]).shape[0] == 1  # within the last frame's duration
+        with pytest.raises(MediaError, match="truncated or damaged: video frames end at 10.00 s"):
+            r.frames([10.5])
+        assert r.audio(9.0, 10.05).shape == (16800,)  # a few ms short: padded with silence
+        with pytest.raises(MediaError, match="truncated or damaged: audio ends"):
+            r.audio(9.0, 11.0)
+
+
+def test_bad_files_name_the_file(tmp_path, media):
+    good = media["25fps"].read_bytes()
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("not a video\n" * 100)
+    (tmp_path / "head.mp4").write_bytes(good[:2000])
+    cases = {"missing.mp4": "no such file", "empty.mp4": "empty file", "text.mp4": "not a media file",
+             "head.mp4": "not a media file"}
+    for name, reason in cases.items():
+        with pytest.raises(MediaError, match=reason) as e:
+            MediaReader(tmp_path / name)
+        assert str(e.value).startswith(str(tmp_path / name))
+
+
+def test_truncated_file_is_detected_not_silently_short(tmp_path):
+    """A file cut in the middle of its data (moov atom at the front): the header promises 10 s."""
+    src = write_media(tmp_path / "src.mkv", duration=10.0, size=(48, 64), video_codec="libx264")
+    data = src.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(MediaError, match="cut.mkv") as e:
+        with MediaReader(cut) as r:
+            r.frames([8.0])
+            r.audio(7.0, 9.0)
+    assert "truncated or damaged" in str(e.value) or "decoding failed" in str(e.value)
