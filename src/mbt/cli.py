@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
@@ -141,7 +139,7 @@ def _run_stats(args: argparse.Namespace) -> int:
     if args.write_config:
         config = dataclasses.replace(config, front_end=dataclasses.replace(front_end, mean=stats.mean,
                                                                            std=stats.std))
-        Path(args.write_config).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        config.save_file(args.write_config)
         print(f"wrote {args.write_config}", file=sys.stderr)
     return 0
 

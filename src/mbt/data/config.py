@@ -176,11 +176,15 @@ class DataConfig:
         except (ConfigError, ValueError, TypeError) as e:
             raise ConfigError(f"{source}: {e}") from None
 
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / PREPROCESSOR_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save_file(self, path: str | Path) -> Path:
+        path = Path(path)
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `directory/preprocessor_config.json`."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return self.save_file(Path(directory) / PREPROCESSOR_NAME)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "DataConfig":

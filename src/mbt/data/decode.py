@@ -277,6 +277,10 @@ class MediaReader:
                 take(resampler.resample(None))  # flush at the end of the stream
         except av.error.FFmpegError as e:
             raise MediaError(self.path, f"audio decoding failed ({_reason(e)})") from None
+        finally:
+            # Free the resampler (and its filter-graph threads) now, not when an exception traceback that holds
+            # this frame is collected: collected in a forked DataLoader worker, it would deadlock.
+            resampler = None  # noqa: F841
         if first_t is None:
             raise MediaError(self.path, "the audio stream has no decodable samples")
         samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)

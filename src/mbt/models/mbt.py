@@ -380,11 +380,12 @@ class MBT(nn.Module):
         return MBTOutput(self.output_projection(pooled), None, pooled, tokens, slices)
 
     # ------------------------------------------------------------------ model directories
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `config.json` and `model.safetensors` to `directory` (created if needed)."""
+    def save_pretrained(self, directory: str | Path, data_config=None) -> Path:
+        """Write `config.json` and `model.safetensors` to `directory` (created if needed), and with `data_config`
+        (an `mbt.data.DataConfig`) its `preprocessor_config.json`, so the model keeps the inputs it was trained on."""
         from ..weights.io import save_model_dir
 
-        return save_model_dir(self, directory)
+        return save_model_dir(self, directory, data_config=data_config)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "MBT":

@@ -32,8 +32,9 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def save_model_dir(model: torch.nn.Module, directory: str | Path) -> Path:
-    """Write `model.config` to config.json and the state dict to model.safetensors in `directory`."""
+def save_model_dir(model: torch.nn.Module, directory: str | Path, data_config=None) -> Path:
+    """Write `model.config` to config.json and the state dict to model.safetensors in `directory`, and
+    `data_config` (if given) to preprocessor_config.json."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory}: exists and is not a folder; give a new or existing folder for the model")
@@ -41,6 +42,9 @@ def save_model_dir(model: torch.nn.Module, directory: str | Path) -> Path:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
     _atomic_write(directory / CONFIG_NAME, lambda p: model.config.to_json_file(p))
+    if data_config is not None:
+        data_config.check_model(model.config)
+        _atomic_write(directory / "preprocessor_config.json", lambda p: data_config.save_file(p))
     return directory
 
 
