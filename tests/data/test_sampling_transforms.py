@@ -181,3 +181,27 @@ def test_mixup_uses_one_lambda_for_both_modalities_and_labels():
     lams = [mixup(batch, 0.5, np.random.default_rng(s))[1] for s in range(2000)]
     assert abs(np.mean(lams) - 0.5) < 0.03 and abs(np.var(lams) - 0.125) < 0.01  # Beta(0.5, 0.5)
     assert mixup(batch, 0.0)[1] == 1.0
+
+
+@pytest.mark.parametrize("factor", [0.3, 0.6, 1.4, 3.0])
+def test_saturation_closed_form_equals_the_hsv_route(factor):
+    """Values outside [0, 1] too: TF adjusts before clipping (brightness may push pixels out of range)."""
+    from mbt.data.transforms import adjust_saturation_
+
+    x = torch.rand(3, 2, 16, 16, generator=torch.Generator().manual_seed(2)) * 1.4 - 0.2
+    hsv = rgb_to_hsv(x.transpose(0, 1))
+    hsv = torch.stack([hsv[:, 0], (hsv[:, 1] * factor).clamp(0, 1), hsv[:, 2]], dim=1)
+    ref = hsv_to_rgb(hsv).transpose(0, 1)
+    torch.testing.assert_close(adjust_saturation_(x.clone(), factor), ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("delta", [-0.2, -0.05, 0.13, 0.2])
+def test_hue_closed_form_equals_the_hsv_route(delta):
+    from mbt.data.transforms import adjust_hue_
+
+    x = torch.rand(3, 2, 16, 16, generator=torch.Generator().manual_seed(3)) * 1.4 - 0.2
+    x[:, 0, 0, :4] = 0.5  # gray pixels: no hue
+    hsv = rgb_to_hsv(x.transpose(0, 1))
+    hsv = torch.stack([(hsv[:, 0] + delta) % 1.0, hsv[:, 1], hsv[:, 2]], dim=1)
+    ref = hsv_to_rgb(hsv).transpose(0, 1)
+    torch.testing.assert_close(adjust_hue_(x.clone(), delta), ref, atol=1e-5, rtol=0)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from .annotations import Annotations, Record
 from .audio import AudioFrontEnd
 from .config import DataConfig
-from .decode import MediaError, MediaReader, shorter_side_size
+from .decode import MediaError, MediaReader
 from .sampling import SPLITS, num_units, sample_offsets, window
 from .transforms import VideoTransform, spec_augment
 
@@ -72,11 +72,12 @@ class VideoDataset(Dataset):
       on_error: 'skip' or 'raise' for unusable files (default: skip when training, raise otherwise).
       seed: randomness of training samples depends only on (seed, epoch, index): reproducible with any number of
         workers. Call `set_epoch` each epoch.
-      decode_threads: FFmpeg threads per decoder (1 suits DataLoader workers; 0 lets FFmpeg choose).
+      decode_threads: FFmpeg threads per video decoder; None: FFmpeg's choice in the main process and 1 inside
+        DataLoader workers, which already run in parallel.
     """
 
     def __init__(self, annotations: Annotations, config: DataConfig, split: str = "train",
-                 on_error: str | None = None, seed: int = 0, decode_threads: int = 1) -> None:
+                 on_error: str | None = None, seed: int = 0, decode_threads: int | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         on_error = on_error or ("skip" if split == "train" else "raise")
@@ -85,7 +86,8 @@ class VideoDataset(Dataset):
         self.annotations, self.config, self.split, self.on_error = annotations, config, split, on_error
         self.seed, self.epoch, self.decode_threads = seed, 0, decode_threads
         self.front_end = AudioFrontEnd(config.front_end)
-        self.video_transform = VideoTransform(config.crop_size, train=split == "train", augment=config.augment)
+        self.video_transform = VideoTransform(config.crop_size, train=split == "train", augment=config.augment,
+                                              min_resize=config.min_resize)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -106,7 +108,10 @@ class VideoDataset(Dataset):
     def load(self, index: int) -> dict[str, Any]:
         cfg, record = self.config, self.annotations.records[index]
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.split == "train" else None
-        with MediaReader(record.path, threads=self.decode_threads) as reader:
+        threads = self.decode_threads
+        if threads is None:
+            threads = 1 if torch.utils.data.get_worker_info() is not None else 0
+        with MediaReader(record.path, threads=threads) as reader:
             info = reader.info
             start, end = clip_bounds(record, info.duration)
             has = {"rgb": info.video is not None, "spectrogram": info.audio is not None}
@@ -150,9 +155,10 @@ class VideoDataset(Dataset):
              rng: np.random.Generator | None) -> torch.Tensor:
         cfg = self.config
         idx = window(offset, cfg.num_frames, cfg.stride, length)
-        size = shorter_side_size(reader.info.video.height, reader.info.video.width, cfg.min_resize)
-        frames = reader.frames(start + idx / cfg.fps, size=size)  # (T, H, W, 3) uint8
-        return self.video_transform(frames, rng)  # (3, T, crop_h, crop_w)
+        # Every random choice first: FFmpeg then resizes straight to the (jittered) size and only the crop is kept.
+        plan = self.video_transform.plan(reader.info.video.height, reader.info.video.width, rng)
+        frames = reader.frames(start + idx / cfg.fps, size=plan.size, crop=plan.box)  # uint8 (T, crop_h, crop_w, 3)
+        return self.video_transform.apply(frames, plan)  # (3, T, crop_h, crop_w) in [-1, 1]
 
     def _waveform(self, reader: MediaReader, start: float, offset: int, length: int) -> torch.Tensor:
         """The samples under spectrogram frames [offset, offset + spec_frames), wrapping at the clip end.

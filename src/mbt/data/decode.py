@@ -149,8 +149,10 @@ class MediaReader:
         return end
 
     # ------------------------------------------------------------------ video
-    def frames(self, times: Sequence[float], size: tuple[int, int] | None = None) -> np.ndarray:
-        """RGB frames shown at `times` (seconds), resized by FFmpeg to `size` = (height, width) if given.
+    def frames(self, times: Sequence[float], size: tuple[int, int] | None = None,
+               crop: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """RGB frames shown at `times` (seconds), resized by FFmpeg to `size` = (height, width) if given, then cut
+        to `crop` = (top, left, height, width) if given (before the frames are stacked: nothing else is copied).
 
         Returns uint8 (len(times), H, W, 3). Raises MediaError if there is no video stream, if decoding fails, or
         if the stream ends more than END_TOLERANCE before a requested time (a truncated or damaged file).
@@ -168,6 +170,9 @@ class MediaReader:
             run.append(int(i))
         if run:
             self._decode_run(times, run, out, size)
+        if crop is not None:
+            y, x, h, w = crop
+            out = [f[y:y + h, x:x + w] for f in out]
         return np.stack(out)  # type: ignore[arg-type]
 
     def _decode_run(self, times: np.ndarray, run: list[int], out: list, size: tuple[int, int] | None) -> None:
