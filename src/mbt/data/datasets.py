@@ -17,8 +17,7 @@ on_error='raise' (the default for val/test) the MediaError, naming the file and 
 from __future__ import annotations
 
 import collections
-import multiprocessing
-import multiprocessing.context
+import gc
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -215,29 +214,37 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers run in parallel already; one thread each avoids oversubscription
 
 
-def worker_context() -> multiprocessing.context.BaseContext:
-    """The start method for DataLoader workers: 'forkserver', with torch, PyAV and mbt.data preloaded.
+class FFmpegSafeLoader(DataLoader):
+    """A DataLoader whose forked workers cannot deadlock on FFmpeg state inherited from the parent.
 
-    Not 'fork': FFmpeg keeps thread pools inside decoders and resamplers, and a forked worker that inherits one
-    (for instance from a traceback the parent still holds) deadlocks when it frees it. Workers forked from a clean
-    server process cannot inherit any. The cost is about a second per epoch to start the workers.
+    FFmpeg keeps thread pools inside decoders and resamplers. A forked worker has none of the parent's threads,
+    and if its garbage collector frees an inherited FFmpeg object (say, one held by an exception traceback the
+    parent no longer references), it waits forever on those threads. So before workers start, the parent collects
+    its garbage (freeing such objects where their threads exist) and freezes the survivors, which the workers'
+    collector then never visits. Workers still start with the fast 'fork' method.
     """
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "av", "mbt.data"])
-    return ctx
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        gc.collect()
+        gc.freeze()
+        try:
+            return super().__iter__()  # the workers are forked here
+        finally:
+            gc.unfreeze()
 
 
 def make_loader(dataset: VideoDataset, batch_size: int, num_workers: int = 0, shuffle: bool | None = None,
                 drop_last: bool | None = None, sampler=None, **kwargs: Any) -> DataLoader:
-    """A DataLoader with `collate`; training shuffles and drops the last partial batch (as the official loader).
-    Workers start with `worker_context()` unless `multiprocessing_context` is given, and use one torch thread."""
+    """A DataLoader (`FFmpegSafeLoader`) with `collate`; training shuffles and drops the last partial batch (as
+    the official loader). Workers use one torch thread each."""
     train = dataset.split == "train"
     if num_workers > 0:
-        kwargs.setdefault("multiprocessing_context", worker_context())
         kwargs.setdefault("worker_init_fn", _worker_init)
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                      shuffle=(train if shuffle is None else shuffle) if sampler is None else False,
-                      drop_last=train if drop_last is None else drop_last, sampler=sampler, **kwargs)
+    return FFmpegSafeLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                            shuffle=(train if shuffle is None else shuffle) if sampler is None else False,
+                            drop_last=train if drop_last is None else drop_last, sampler=sampler, **kwargs)
 
 
 class SkipReport:
