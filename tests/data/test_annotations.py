@@ -114,6 +114,25 @@ def test_plain_csv(tmp_path):
         read_csv(tmp_path / "bad2.csv")
 
 
+@pytest.mark.parametrize("header", ["path,label", "file,label", "video,labels", "filename,label,start,end", None])
+def test_plain_csv_header_variants(tmp_path, header):
+    touch(tmp_path, "a.mp4", "b.mp4")
+    rows = "a.mp4,cat,,\nb.mp4,dog,,\n" if header and header.endswith("end") else "a.mp4,cat\nb.mp4,dog\n"
+    (tmp_path / "l.csv").write_text((header + "\n" if header else "") + rows)
+    ann = read_csv(tmp_path / "l.csv")
+    assert ann.label_names == ["cat", "dog"] and ann.missing_files == [] and len(ann.records) == 2
+
+
+def test_epic_bad_rows_name_the_line(tmp_path):
+    header = "narration_id,video_id,start_timestamp,stop_timestamp,verb_class,noun_class\n"
+    (tmp_path / "a.csv").write_text(header + "n,v,00:00:01.0,00:00:02.0,,3\n")
+    with pytest.raises(AnnotationError, match=r"a.csv:2: verb_class '' and noun_class '3' must be integers"):
+        read_epic_kitchens(tmp_path / "a.csv", tmp_path)
+    (tmp_path / "b.csv").write_text(header + "n,v,00:00:01.0\n")
+    with pytest.raises(AnnotationError, match=r"b.csv:2: 3 fields, the header has 6"):
+        read_epic_kitchens(tmp_path / "b.csv", tmp_path)
+
+
 def test_missing_inputs_are_clear(tmp_path):
     with pytest.raises(AnnotationError, match="nope.csv: no such annotation file"):
         read_annotations(tmp_path / "nope.csv")

@@ -4,6 +4,7 @@ line up, where the spectrogram peak sits, and what happens with every kind of ba
 from __future__ import annotations
 
 import math
+import signal
 
 import numpy as np
 import pytest
@@ -279,6 +280,14 @@ def test_gray_video_has_equal_channels(bad_dir):
 
 
 def test_a_long_run_skips_counts_and_reports_bad_files(bad_dir):
+    signal.alarm(300)  # a hang in the workers fails the test instead of stalling the run
+    try:
+        _long_run(bad_dir)
+    finally:
+        signal.alarm(0)
+
+
+def _long_run(bad_dir):
     ann = bad_annotations(bad_dir)
     data = VideoDataset(ann, small_config(spec_frames=100), split="train")  # on_error='skip' by default
     report = SkipReport()

@@ -205,3 +205,31 @@ def test_hue_closed_form_equals_the_hsv_route(delta):
     hsv = torch.stack([(hsv[:, 0] + delta) % 1.0, hsv[:, 1], hsv[:, 2]], dim=1)
     ref = hsv_to_rgb(hsv).transpose(0, 1)
     torch.testing.assert_close(adjust_hue_(x.clone(), delta), ref, atol=1e-5, rtol=0)
+
+
+def test_spectrogram_offset_rounds_at_a_fractional_ratio():
+    rng = np.random.default_rng(3)
+    pairs = [train_offsets(253, 1011, 32, 2, rng) for _ in range(300)]
+    assert all(o_spec == round(o_rgb / 253 * 1011) for o_rgb, o_spec in pairs)
+    assert any(o_rgb / 253 * 1011 % 1 > 0.5 for o_rgb, _ in pairs)  # rounding up happens, not only truncation
+
+
+def test_training_plans_draw_every_choice_as_specified():
+    tf = VideoTransform((224, 224), train=True, augment=AugmentConfig(), min_resize=256)
+    plans = [tf.plan(360, 640, np.random.default_rng(s)) for s in range(3000)]
+    heights = np.array([p.size[0] for p in plans]) / 256
+    widths = np.array([p.size[1] for p in plans]) / int(640 * 256 / 360)
+    assert heights.min() >= 0.89 and heights.max() <= 1.33 and widths.min() >= 0.89 and widths.max() <= 1.33
+    assert abs(np.corrcoef(heights, widths)[0, 1]) < 0.1, "height and width factors are independent"
+    tops = np.array([p.box[0] / max(1, p.size[0] - 224) for p in plans])
+    lefts = np.array([p.box[1] / max(1, p.size[1] - 224) for p in plans])
+    assert tops.min() < 0.05 and tops.max() > 0.95 and lefts.min() < 0.05 and lefts.max() > 0.95
+    assert abs(np.mean([p.flip for p in plans]) - 0.5) < 0.04
+    colour = np.array([p.color for p in plans if p.color is not None])
+    assert abs(len(colour) / len(plans) - 0.8) < 0.03 and abs(np.mean([p.drop for p in plans]) - 0.1) < 0.02
+    b, s, c, h = colour.T
+    assert abs(b.mean()) < 0.01 and b.max() > 0.9 * 32 / 255 and b.min() < -0.9 * 32 / 255
+    assert s.min() >= 0.6 and s.max() <= 1.4 and c.min() >= 0.6 and c.max() <= 1.4
+    assert abs(h.mean()) < 0.01 and h.max() > 0.18 and h.min() < -0.18
+    eval_plan = VideoTransform((224, 224), train=False, min_resize=256).plan(360, 640)
+    assert eval_plan.size == (256, 455) and eval_plan.box == (16, 115, 224, 224) and eval_plan.color is None

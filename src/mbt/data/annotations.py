@@ -35,6 +35,7 @@ import numpy as np
 MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".3gp",
                     ".wav", ".flac", ".m4a", ".mp3", ".ogg", ".opus", ".aac")
 FORMATS = ("audioset", "vggsound", "epic", "kinetics", "csv")
+HEADER_PATH_NAMES = ("path", "file", "filename", "filepath", "video", "video_path", "clip")
 
 
 class AnnotationError(ValueError):
@@ -243,11 +244,17 @@ def read_epic_kitchens(csv_path: str | Path, video_dir: str | Path, labels: str 
     labelled = "verb_class" in col and "noun_class" in col
     items = []
     for n, row in rows[1:]:
+        if len(row) < len(header):
+            raise AnnotationError(f"{path}:{n}: {len(row)} fields, the header has {len(header)}")
         start = _timestamp(row[col["start_timestamp"]], path, n)
         end = _timestamp(row[col["stop_timestamp"]], path, n)
         lab: tuple[int, ...] = ()
         if labelled:
-            verb, noun = int(row[col["verb_class"]]), int(row[col["noun_class"]])
+            try:
+                verb, noun = int(row[col["verb_class"]]), int(row[col["noun_class"]])
+            except ValueError:
+                raise AnnotationError(f"{path}:{n}: verb_class {row[col['verb_class']]!r} and noun_class "
+                                      f"{row[col['noun_class']]!r} must be integers") from None
             if not (0 <= verb < num_verbs and 0 <= noun < num_nouns):
                 raise AnnotationError(f"{path}:{n}: verb_class {verb} or noun_class {noun} out of range")
             lab = (verb, num_verbs + noun)
@@ -290,8 +297,9 @@ def read_csv(csv_path: str | Path, video_dir: str | Path | None = None, label_na
     """A plain CSV: path,label[,start,end] (header optional; several labels joined by ';')."""
     path = Path(csv_path)
     rows = _rows(path)
-    if rows and rows[0][1][0].lower() == "path":
-        rows = rows[1:]
+    if rows and (rows[0][1][0].lower() in HEADER_PATH_NAMES
+                 or (len(rows[0][1]) > 1 and rows[0][1][1].lower() in ("label", "labels"))):
+        rows = rows[1:]  # a header row
     base = Path(video_dir) if video_dir is not None else path.parent
     parsed = []
     for n, row in rows:

@@ -102,6 +102,10 @@ class VideoDataset(Dataset):
             if self.on_error == "skip":
                 return Skipped(index, record.path, e.reason)
             raise
+        except Exception as e:  # anything unforeseen in one file must not end a long run either
+            if self.on_error == "skip":
+                return Skipped(index, record.path, f"unexpected {type(e).__name__}: {e}")
+            raise MediaError(record.path, f"unexpected {type(e).__name__}: {e}") from e
 
     # ------------------------------------------------------------------ loading
     def load(self, index: int) -> dict[str, Any]:

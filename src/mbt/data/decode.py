@@ -23,6 +23,9 @@ import numpy as np
 # A stream may end this much before the time asked for: the last frame is shown for a frame's duration, and
 # audio/video streams of one file often differ in length by a few tens of milliseconds.
 END_TOLERANCE = 0.1  # seconds
+# A stream whose packets end more than this before the container's duration makes the file count as truncated
+# (streams of one file differ in length by less).
+STREAM_LENGTH_SLACK = 2.0  # seconds
 # Times further apart than this are fetched with separate seeks rather than by decoding through the gap.
 SEEK_GAP = 2.0  # seconds
 
@@ -61,10 +64,11 @@ class MediaInfo:
 
 
 def shorter_side_size(height: int, width: int, shorter: int) -> tuple[int, int]:
-    """(height, width) with the shorter side resized to `shorter` and the aspect ratio kept (rounded, even-free)."""
+    """(height, width) with the shorter side resized to `shorter` and the aspect ratio kept; the longer side is
+    floored, as DMVR's resize_smallest casts it to an integer."""
     if height <= width:
-        return shorter, max(1, int(round(width * shorter / height)))
-    return max(1, int(round(height * shorter / width))), shorter
+        return shorter, max(1, int(width * shorter / height))
+    return max(1, int(height * shorter / width)), shorter
 
 
 class MediaReader:
@@ -121,7 +125,7 @@ class MediaReader:
             if duration is None and vs.frames:
                 duration = vs.frames / fps
             if duration is None:
-                duration = container_duration if container_duration is not None else self._scan_end(vs) - start
+                duration = self._stream_end(vs, container_duration) - start
             if vs.codec_context.width <= 0 or vs.codec_context.height <= 0:
                 raise MediaError(self.path, "the video stream has no frame size (damaged header)")
             video = VideoInfo(fps, vs.codec_context.width, vs.codec_context.height, start, max(duration, 0.0))
@@ -129,23 +133,39 @@ class MediaReader:
             a = self._audio
             start, duration = self._stream_span(a)
             if duration is None:
-                duration = container_duration if container_duration is not None else self._scan_end(a) - start
+                duration = self._stream_end(a, container_duration) - start
             if not a.rate:
                 raise MediaError(self.path, "the audio stream has no sample rate (damaged header)")
             audio = AudioInfo(int(a.rate), a.codec_context.channels, start, max(duration, 0.0))
         total = max((s.start + s.duration for s in (video, audio) if s is not None), default=0.0)
         return MediaInfo(self.path, total, video, audio)
 
-    def _scan_end(self, stream) -> float:
-        """End time of a stream whose length the container does not state, from its packets (no decoding)."""
-        end = 0.0
+    def _stream_end(self, stream, container_duration: float | None) -> float:
+        """End time of a stream whose length the container does not state (Matroska, WebM, MPEG-TS).
+
+        The container's duration is the longest stream's; the streams of one file often differ by a fraction of a
+        second. So the stream's own last packets are read (after a seek to a few seconds before the end: no
+        decoding, little reading). A file whose packets end well before its stated duration is truncated: then
+        the stated duration is kept, and reading past the real end is an error.
+        """
+        end = None
         try:
+            if container_duration is not None and container_duration > 5.0:
+                self.container.seek(int((container_duration - 5.0 + self.t0) / stream.time_base), stream=stream)
             for packet in self.container.demux(stream):
                 if packet.pts is not None:
-                    end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base) - self.t0)
+                    t = float((packet.pts + (packet.duration or 0)) * packet.time_base) - self.t0
+                    end = t if end is None else max(end, t)
         except av.error.FFmpegError:
             pass
-        self.container.seek(0)
+        try:
+            self.container.seek(0, stream=stream)
+        except av.error.FFmpegError:
+            pass
+        if end is None:
+            return container_duration if container_duration is not None else 0.0
+        if container_duration is not None and end < container_duration - STREAM_LENGTH_SLACK:
+            return container_duration  # truncated: let the read fail and say so
         return end
 
     # ------------------------------------------------------------------ video
@@ -183,7 +203,7 @@ class MediaReader:
         for back in (0.0, 10.0, math.inf):
             target = first - back
             if target <= 0 or back == math.inf:
-                self.container.seek(0)
+                self.container.seek(0, stream=vs)
             else:
                 self.container.seek(int((target + self.t0) / tb), stream=vs, backward=True)
             if self._collect(times, run, out, size, allow_restart=back != math.inf):
@@ -223,6 +243,8 @@ class MediaReader:
             raise MediaError(self.path, f"video decoding failed ({_reason(e)})") from None
         # End of stream: the last frame stays on screen for one frame duration (plus tolerance).
         if prev is None:
+            if allow_restart:  # the seek landed past the last keyframe: go back further
+                return False
             raise MediaError(self.path, "the video stream has no decodable frame")
         last_ok = prev_t + 1.0 / fps + END_TOLERANCE
         for k in run[j:]:
@@ -253,10 +275,10 @@ class MediaReader:
         if n <= 0:
             return np.zeros(0, np.float32)
         a = self._audio
-        if start - 0.5 <= self.info.audio.start:
-            self.container.seek(0)
-        else:  # a little earlier than needed: the resampler's first output needs some history
-            self.container.seek(int((start - 0.5 + self.t0) / a.time_base), stream=a, backward=True)
+        # Seek by the audio stream itself (a seek without a stream follows the video, whose start may differ),
+        # half a second early: the decoder needs the previous frame's overlap, and near the start the codec's
+        # priming packet (before time 0, which a seek to exactly 0 would skip).
+        self.container.seek(int((start - 0.5 + self.t0) / a.time_base), stream=a, backward=True)
         # rematrix_maxval=1 normalises the downmix (5.1 -> mono would otherwise add up to ~3.5x and clip).
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate,
                                       options={"rematrix_maxval": "1.0"})
@@ -275,7 +297,14 @@ class MediaReader:
 
         try:
             for frame in self.container.decode(a):
-                take(resampler.resample(frame))
+                try:
+                    out = resampler.resample(frame)
+                except ValueError:  # the stream changed rate or layout part-way: flush, and start a new resampler
+                    take(resampler.resample(None))
+                    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate,
+                                                  options={"rematrix_maxval": "1.0"})
+                    out = resampler.resample(frame)
+                take(out)
                 if first_t is not None and first_t + have / sample_rate >= end + 0.05:
                     break
             else:
@@ -293,8 +322,11 @@ class MediaReader:
         lead = max(0, -i0)
         got = samples[max(i0, 0): max(i0, 0) + n - lead]
         tail = n - lead - got.size
-        if lead > END_TOLERANCE * sample_rate:
-            raise MediaError(self.path, f"audio starts at {first_t:.2f} s, after the {start:.2f} s asked for")
+        # Before the stream's declared start there is no audio: silence. Data that starts later than declared is
+        # a damaged stream.
+        if first_t > max(start, self.info.audio.start) + END_TOLERANCE:
+            raise MediaError(self.path, f"audio data starts at {first_t:.2f} s, after the {start:.2f} s asked for "
+                                        f"(the stream says it starts at {self.info.audio.start:.2f} s)")
         if tail > END_TOLERANCE * sample_rate:
             raise MediaError(self.path, f"truncated or damaged: audio ends at {first_t + samples.size / sample_rate:.2f}"
                                         f" s, but the file says {self.info.audio.start + self.info.audio.duration:.2f}"

@@ -4,7 +4,7 @@ Each modality is a sequence of units: rgb frames at the target frame rate (25 fp
 (100 per second). A window is `steps` units at `stride`, starting at an offset:
   * train: a random rgb offset in [0, max(len_rgb - (steps - 1) * stride, 1)); the spectrogram offset is taken at
     the same proportion of its own length, round(p * len_spec) with p = offset / len_rgb (the official
-    `sync_random_state`), so both windows start at the same moment of the clip;
+    `sync_random_state`): the same moment of the clip when both streams span it;
   * validation: the middle window of each modality, offset max(0, (len - steps * stride) // 2);
   * test: `num_clips` windows per modality at offsets linspace(0, max(0, len - steps * stride), num_clips), cast
     to int; window i of one modality is paired with window i of the other.

@@ -54,7 +54,8 @@ def write_media(path: str | Path, *, duration: float = 2.0, fps: float = 25.0, s
                 video: bool = True, audio: bool = True, sample_rate: int = 16000, layout: str = "mono",
                 video_codec: str = "libx264", pix_fmt: str = "yuv420p", audio_codec: str = "aac",
                 frame_fn: FrameFn = index_frame, audio_fn: AudioFn | None = None, gop: int | None = None,
-                video_options: dict[str, str] | None = None) -> Path:
+                video_options: dict[str, str] | None = None, video_start: float = 0.0,
+                audio_start: float = 0.0, audio_duration: float | None = None) -> Path:
     """Write a media file with PyAV. The container comes from the file extension.
 
     Args:
@@ -64,6 +65,8 @@ def write_media(path: str | Path, *, duration: float = 2.0, fps: float = 25.0, s
       frame_fn: (index, time, size) -> uint8 (H, W, 3) frame.
       audio_fn: times (n,) in seconds -> float32 (1, n) or (channels, n) samples in [-1, 1]; default: a 440 Hz tone.
       gop: keyframe interval in frames (the encoder's default if None).
+      video_start, audio_start: seconds at which each stream's timestamps start (streams that start apart).
+      audio_duration: seconds of audio, if not `duration` (streams of different lengths).
     """
     path = Path(path)
     audio_fn = audio_fn or tone_schedule([440.0])
@@ -81,12 +84,12 @@ def write_media(path: str | Path, *, duration: float = 2.0, fps: float = 25.0, s
         if vs is not None:
             for i in range(int(round(duration * fps))):
                 frame = av.VideoFrame.from_ndarray(frame_fn(i, i / fps, size), format="rgb24")
-                frame.pts, frame.time_base = i, 1 / rate
+                frame.pts, frame.time_base = i + int(round(video_start * rate)), 1 / rate
                 container.mux(vs.encode(frame))
             container.mux(vs.encode())
         if as_ is not None:
             channels = av.AudioLayout(layout).nb_channels
-            n = int(round(duration * sample_rate))
+            n = int(round((duration if audio_duration is None else audio_duration) * sample_rate))
             samples = np.asarray(audio_fn(np.arange(n) / sample_rate), np.float32)
             samples = np.ascontiguousarray(np.broadcast_to(samples, (channels, n)))
             chunk = 4096
@@ -94,7 +97,8 @@ def write_media(path: str | Path, *, duration: float = 2.0, fps: float = 25.0, s
                 # Explicit pts let the muxer record the encoder's priming delay (an mp4 edit list), so the decoded
                 # audio starts at time 0 as written.
                 frame = av.AudioFrame.from_ndarray(samples[:, start:start + chunk], format="fltp", layout=layout)
-                frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
+                frame.sample_rate, frame.time_base = sample_rate, Fraction(1, sample_rate)
+                frame.pts = start + int(round(audio_start * sample_rate))
                 container.mux(as_.encode(frame))
             container.mux(as_.encode())
     return path
