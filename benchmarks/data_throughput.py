@@ -61,7 +61,7 @@ def bare_decode(paths: list[str], cfg: DataConfig, epoch: int, seed: int = 0) ->
     """Seconds to decode the frames and audio of one training window per clip with PyAV alone: the same windows
     as the pipeline's (the same per-sample random generator), since decoding cost grows with the distance from
     the last keyframe."""
-    hop = cfg.front_end.num_samples(2) - cfg.front_end.num_samples(1)
+    hop = cfg.front_end.geometry.frame_shift
     start = time.perf_counter()
     for index, path in enumerate(paths):
         rng = np.random.default_rng([seed, epoch, index])  # as VideoDataset draws a training sample

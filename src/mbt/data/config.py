@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..models.config import MODALITIES, ConfigError
+from ..weights.io import PREPROCESSOR_NAME
 from .audio import FrontEndConfig
 
-PREPROCESSOR_NAME = "preprocessor_config.json"
 MISSING_STREAM_POLICIES = ("flag", "error")
 
 

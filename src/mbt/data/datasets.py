@@ -118,7 +118,7 @@ class VideoDataset(Dataset):
             info = reader.info
             start, end = clip_bounds(record, info.duration)
             has = {"rgb": info.video is not None, "spectrogram": info.audio is not None}
-            wanted = [m for m in cfg.modalities]
+            wanted = list(cfg.modalities)
             if not any(has[m] for m in wanted):
                 raise MediaError(record.path, f"none of the configured streams ({', '.join(_stream(m) for m in wanted)})"
                                               " is in the file")
@@ -172,7 +172,7 @@ class VideoDataset(Dataset):
         """
         fe = self.config.front_end
         sr = fe.sample_rate
-        hop = fe.num_samples(2) - fe.num_samples(1)
+        hop = fe.geometry.frame_shift
         need, s0, period = self.config.window_samples(), offset * hop, length * hop
         at = lambda a, b: reader.audio(start + a / sr, start + b / sr, sr)  # noqa: E731
         if s0 + need <= period:

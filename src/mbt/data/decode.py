@@ -279,9 +279,7 @@ class MediaReader:
         # half a second early: the decoder needs the previous frame's overlap, and near the start the codec's
         # priming packet (before time 0, which a seek to exactly 0 would skip).
         self.container.seek(int((start - 0.5 + self.t0) / a.time_base), stream=a, backward=True)
-        # rematrix_maxval=1 normalises the downmix (5.1 -> mono would otherwise add up to ~3.5x and clip).
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate,
-                                      options={"rematrix_maxval": "1.0"})
+        resampler = _mono_resampler(sample_rate)
         chunks: list[np.ndarray] = []
         first_t: float | None = None
         have = 0
@@ -301,8 +299,7 @@ class MediaReader:
                     out = resampler.resample(frame)
                 except ValueError:  # the stream changed rate or layout part-way: flush, and start a new resampler
                     take(resampler.resample(None))
-                    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate,
-                                                  options={"rematrix_maxval": "1.0"})
+                    resampler = _mono_resampler(sample_rate)
                     out = resampler.resample(frame)
                 take(out)
                 if first_t is not None and first_t + have / sample_rate >= end + 0.05:
@@ -344,6 +341,12 @@ class MediaReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _mono_resampler(sample_rate: int) -> av.AudioResampler:
+    """FFmpeg downmix to mono float at `sample_rate`. rematrix_maxval=1 normalises the downmix (5.1 -> mono would
+    otherwise add up to about 3.5x and clip)."""
+    return av.AudioResampler(format="flt", layout="mono", rate=sample_rate, options={"rematrix_maxval": "1.0"})
 
 
 def _reason(e: Exception) -> str:

@@ -14,6 +14,7 @@ from ..models.config import MBTConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+PREPROCESSOR_NAME = "preprocessor_config.json"  # the data config (mbt.data.DataConfig), when saved with the model
 
 
 class CheckpointError(ValueError):
@@ -44,7 +45,7 @@ def save_model_dir(model: torch.nn.Module, directory: str | Path, data_config=No
     _atomic_write(directory / CONFIG_NAME, lambda p: model.config.to_json_file(p))
     if data_config is not None:
         data_config.check_model(model.config)
-        _atomic_write(directory / "preprocessor_config.json", lambda p: data_config.save_file(p))
+        _atomic_write(directory / PREPROCESSOR_NAME, lambda p: data_config.save_file(p))
     return directory
 
 
