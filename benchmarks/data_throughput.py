@@ -98,7 +98,7 @@ def pipeline(csv: Path, cfg: DataConfig, workers: int, epochs: int, batch_size: 
     """(seconds, clips) of loading all clips `epochs` times, in order (the windows bare_decode takes). Whole
     epochs are timed, worker start-up included."""
     dataset = VideoDataset(read_csv(csv), cfg, split="train", seed=0)
-    loader = make_loader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+    loader = make_loader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False, drop_last=False)
     seconds, clips = 0.0, 0
     for epoch in range(epochs):
         dataset.set_epoch(epoch)
