@@ -144,7 +144,110 @@ def _run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (_add_convert, _add_stats)
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", formatter_class=_Formatter,
+        help="train (and evaluate) a model from a YAML run config",
+        description=(
+            "Train MBT as a YAML run config says (sections model, data, dataset, init, optim, train; see configs/), "
+            "with any field overridden on the command line as --section.key value. Writes to train.output_dir: the "
+            "resolved config.yaml, resumable checkpoints, CSV and TensorBoard logs, the final model directory "
+            "(model/) and, with dataset.test, the multi-clip test metrics (eval/).\n\n"
+            "Many GPUs (or CPU processes): start it with torchrun; optim.batch_size stays the global batch."),
+        epilog=(
+            "examples:\n"
+            "  mbt train configs/audioset_mini.yaml --dataset.train.video_dir data/audioset --train.output_dir runs/as\n"
+            "  mbt train configs/vggsound.yaml --optim.lr 0.1 --optim.batch_size=32 --train.num_workers 8\n"
+            "  mbt train runs/as/config.yaml --resume\n"
+            "  torchrun --nproc-per-node 8 -m mbt train configs/kinetics400.yaml\n"))
+    p.add_argument("config", help="YAML run config")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in train.output_dir from its newest checkpoint")
+    p.set_defaults(func=_run_train, takes_overrides=True)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .engine.config import RunConfig
+    from .engine.trainer import train
+
+    cfg = RunConfig.from_yaml(args.config, args.overrides)
+    model_dir = train(cfg, resume=args.resume)
+    print(f"model: {model_dir}")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", formatter_class=_Formatter,
+        help="evaluate a model directory on annotated videos (multi-clip), writing metrics",
+        description=(
+            "Score every video of an annotation file with a model directory (written by `mbt train` or `mbt "
+            "convert` plus a preprocessor_config.json), averaging the raw logits of --num-test-clips clips per "
+            "video, and write metrics.json and per_class.csv. Multi-label tasks: mAP (mean over the classes that "
+            "have positives; the number scored is reported), mAUC, d-prime, prec@1. Single-label: top-1, top-5, "
+            "mAP. EPIC-KITCHENS: verb, noun and action top-1/top-5. Runs under torchrun as well."),
+        epilog=(
+            "examples:\n"
+            "  mbt eval runs/as/model eval_segments.csv --video-dir audioset/eval\n"
+            "  mbt eval runs/vgg/model vggsound.csv --split test --video-dir vggsound/ --num-test-clips 4\n"))
+    p.add_argument("model_dir", help="model directory (config.json, model.safetensors, preprocessor_config.json)")
+    _add_data_args(p)
+    p.add_argument("--output", default=None,
+                   help="folder for metrics.json and per_class.csv (default: MODEL_DIR/eval-<annotation file name>)")
+    p.add_argument("--num-test-clips", type=int, default=None,
+                   help="clips per video, logits averaged (default: the model's preprocessor config, 4 for AudioSet)")
+    p.add_argument("--batch-size", type=int, default=4, help="videos per batch (default: 4)")
+    p.add_argument("--clips-per-forward", type=int, default=8, help="clips per model call (default: 8)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--max-clips", type=int, default=None, help="evaluate only the first N videos")
+    p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
+                   help="an unreadable video: skip it (counted in metrics.json) or stop (default: skip)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from .data.config import DataConfig
+    from .engine import distributed
+    from .engine.config import SplitConfig
+    from .engine.evaluate import evaluate_dataset, write_results
+    from .engine.trainer import read_split
+    from .models.mbt import MBT
+
+    info = distributed.setup(args.device)
+    try:
+        model = MBT.from_pretrained(args.model_dir, map_location=info.device)
+        data_config = DataConfig.from_pretrained(args.model_dir)
+        if args.num_test_clips is not None:
+            data_config = dataclasses.replace(data_config, num_test_clips=args.num_test_clips)
+        split = SplitConfig(annotations=args.annotations, format=args.format, video_dir=args.video_dir,
+                            labels=args.labels, split=args.split, max_clips=args.max_clips)
+        ann = read_split(split, model.config.label_names)
+        if info.is_main:
+            print(ann.summary(), file=sys.stderr)
+        summary, rows = evaluate_dataset(model, ann, data_config, info.device, split="test",
+                                         batch_size=args.batch_size, num_workers=args.workers,
+                                         clips_per_forward=args.clips_per_forward, on_error=args.on_error,
+                                         info=info, progress=args.progress)
+        if info.is_main:
+            out = Path(args.output) if args.output else Path(args.model_dir) / f"eval-{Path(args.annotations).stem}"
+            summary = {"model_dir": str(args.model_dir), "annotations": str(args.annotations), **summary}
+            metrics_path, per_class = write_results(out, summary, rows)
+            print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}, indent=2))
+            print(f"wrote {metrics_path} and {per_class}", file=sys.stderr)
+        del torch
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+_COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (_add_convert, _add_stats, _add_train, _add_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_overrides", False):
+        args.overrides = extra  # `mbt train CONFIG --section.key value ...`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 MODALITIES = ("rgb", "spectrogram")
+PROBLEM_TYPES = ("multi_label", "single_label", "multi_head")
 CLASSIFIERS = ("token", "gap", "gmp", "gsp")
 TEMPORAL_ENCODINGS = ("3d_conv", "temporal_sampling")
 
@@ -73,6 +74,15 @@ class MBTConfig:
     """If set, a Dense + tanh `pre_logits` layer of this width before the classifier."""
     num_classes: int = 527
 
+    # --- task (what the classes mean; written by training, read by evaluation and prediction) ---
+    label_names: tuple[str, ...] | None = None
+    """One name per class (Hugging Face's id2label), in logit order."""
+    problem_type: str | None = None
+    """'multi_label' (sigmoid per class: AudioSet), 'single_label' (softmax: VGGSound, Kinetics) or 'multi_head'
+    (one softmax per head: EPIC-KITCHENS verb + noun). None: not known (e.g. a converted Scenic checkpoint)."""
+    heads: dict[str, int] | None = None
+    """'multi_head' only: {head name: classes}, in the order the logits concatenate them; sums to num_classes."""
+
     # --- regularisation (training only) ---
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
@@ -107,6 +117,10 @@ class MBTConfig:
             if isinstance(value, int):
                 value = (value,) * (3 if name == "rgb_patch_size" else 2)
             setattr(self, name, tuple(value))
+        if self.label_names is not None and not isinstance(self.label_names, str):
+            self.label_names = tuple(str(n) for n in self.label_names)
+        if isinstance(self.heads, Mapping):
+            self.heads = {str(k): v for k, v in self.heads.items()}
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -147,6 +161,21 @@ class MBTConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 fail(name, "must be a number in [0, 1)")
+        if self.label_names is not None and (isinstance(self.label_names, str)
+                                             or len(self.label_names) != self.num_classes):
+            fail("label_names", f"give one name per class (num_classes = {self.num_classes}) or None")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            fail("problem_type", f"allowed: {PROBLEM_TYPES} or None")
+        if self.heads is not None:
+            if (not isinstance(self.heads, dict) or not self.heads
+                    or not all(_is_int(k) and k >= 1 for k in self.heads.values())
+                    or sum(self.heads.values()) != self.num_classes):
+                fail("heads", f"give {{head name: classes}} with classes >= 1 summing to num_classes = "
+                              f"{self.num_classes}, or None")
+            if self.problem_type != "multi_head":
+                fail("heads", "heads are for problem_type 'multi_head' only")
+        elif self.problem_type == "multi_head":
+            fail("heads", "problem_type 'multi_head' needs heads, e.g. {'verb': 97, 'noun': 300}")
         for name in ("use_bottleneck", "test_with_bottlenecks", "share_encoder"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "must be True or False")

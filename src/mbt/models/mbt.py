@@ -19,6 +19,7 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .config import MODALITIES, ConfigError, MBTConfig
@@ -235,6 +236,10 @@ class MBT(nn.Module):
     queries and the MLP only for each modality's own tokens; set it to True to run Scenic's literal schedule (each
     modality's block over all tokens, other modalities' outputs discarded). Same result, about twice the cost; kept
     to test and measure the saving.
+
+    `gradient_checkpointing` (attribute, default False): in training, recompute each encoder block's activations in
+    the backward pass instead of storing them (torch.utils.checkpoint), trading about a third more compute for
+    much less memory. The recomputation replays the same random state, so results are unchanged.
     """
 
     def __init__(self, config: MBTConfig) -> None:
@@ -242,6 +247,7 @@ class MBT(nn.Module):
         config.validate()
         self.config = config
         self.scenic_vanilla_schedule = False
+        self.gradient_checkpointing = False
         d, L = config.hidden_size, config.num_layers
         self.tokenizers = nn.ModuleDict({m: Tokenizer(config, m) for m in config.modality_fusion})
         self.bottleneck = nn.Parameter(torch.zeros(1, config.n_bottleneck_tokens, d)) if config.use_bottleneck \
@@ -297,6 +303,12 @@ class MBT(nn.Module):
         """The encoder block of `modality` at `layer` (the shared one with share_encoder)."""
         return self.encoders["shared" if self.config.share_encoder else modality][layer]
 
+    def _run(self, block: EncoderBlock, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """`block(x, context)`, checkpointed when `gradient_checkpointing` is on in training."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, x, context, use_reentrant=False)
+        return block(x, context)
+
     def present_modalities(self, inputs: Mapping[str, Tensor | None]) -> list[str]:
         """Configured modalities given in `inputs`, in `modality_fusion` order."""
         present = [m for m in self.config.modality_fusion if inputs.get(m) is not None]
@@ -324,19 +336,19 @@ class MBT(nn.Module):
         for layer in range(cfg.num_layers):
             if not fusing or layer < cfg.fusion_layer:
                 for m in present:
-                    x[m] = self.block(m, layer)(x[m])
+                    x[m] = self._run(self.block(m, layer), x[m])
             elif cfg.use_bottleneck:
                 # Each modality updates its own copy of the same incoming bottleneck; the copies are averaged.
                 updated = []
                 for m in present:
-                    out = self.block(m, layer)(torch.cat([x[m], bottleneck], dim=1))  # (B, N_m + n_b, D)
+                    out = self._run(self.block(m, layer), torch.cat([x[m], bottleneck], dim=1))  # (B, N_m + n_b, D)
                     x[m], b_m = out.split([n_tokens[m], bottleneck.shape[1]], dim=1)
                     updated.append(b_m)
                 bottleneck = torch.stack(updated, dim=-1).mean(dim=-1)
             elif cfg.share_encoder:
                 if joint is None:
                     joint = torch.cat([x[m] for m in present], dim=1)
-                joint = self.block(present[0], layer)(joint)
+                joint = self._run(self.block(present[0], layer), joint)
             else:
                 # Vanilla cross-attention with separate weights: every modality attends over
                 # [other modalities in the fixed order (rgb, spectrogram) ; own tokens], all from the previous layer.
@@ -345,11 +357,11 @@ class MBT(nn.Module):
                     context = [x[o] for o in MODALITIES if o != m and o in x]
                     blk = self.block(m, layer)
                     if not context:
-                        new[m] = blk(x[m])
+                        new[m] = self._run(blk, x[m])
                     elif self.scenic_vanilla_schedule:
-                        new[m] = blk(torch.cat(context + [x[m]], dim=1))[:, -n_tokens[m]:]
+                        new[m] = self._run(blk, torch.cat(context + [x[m]], dim=1))[:, -n_tokens[m]:]
                     else:
-                        new[m] = blk(x[m], context=torch.cat(context, dim=1))
+                        new[m] = self._run(blk, x[m], torch.cat(context, dim=1))
                 x = new
 
         tokens = joint if joint is not None else torch.cat([x[m] for m in present], dim=1)

@@ -1,0 +1,95 @@
+"""Process groups for `torchrun`: gloo on CPU, NCCL on GPU; one process per device.
+
+Without torchrun (no WORLD_SIZE in the environment) everything runs in one process and the helpers are no-ops.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> this process's GPU (cuda:LOCAL_RANK) if CUDA is available, else the CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device = {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+    return device
+
+
+def setup(device: str = "auto") -> DistInfo:
+    """Join the process group if started by torchrun (WORLD_SIZE > 1), else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(value: float, info: DistInfo) -> float:
+    if not info.distributed:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device(info))
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def gather_rows(tensors: Sequence[torch.Tensor], info: DistInfo) -> list[torch.Tensor]:
+    """Concatenate row-aligned tensors (same first dimension within a rank, any across ranks) from every rank,
+    rank 0's rows first. Every rank gets the result. Used to score metrics on the whole evaluation set."""
+    if not info.distributed:
+        return [t.cpu() for t in tensors]
+    dev = _comm_device(info)
+    n = torch.tensor([tensors[0].shape[0]], device=dev)
+    sizes = [torch.zeros_like(n) for _ in range(info.world_size)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s.item()) for s in sizes]
+    out = []
+    for t in tensors:
+        t = t.to(dev)
+        padded = torch.zeros((max(sizes),) + tuple(t.shape[1:]), dtype=t.dtype, device=dev)
+        padded[: t.shape[0]] = t
+        parts = [torch.zeros_like(padded) for _ in range(info.world_size)]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([p[:s] for p, s in zip(parts, sizes)]).cpu())
+    return out
+
+
+def _comm_device(info: DistInfo) -> torch.device:
+    # NCCL only moves CUDA tensors; gloo moves CPU tensors.
+    return info.device if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -1,0 +1,188 @@
+"""Evaluation: logits over an annotated dataset (single or multi-clip), metrics, and the files `mbt eval` writes.
+
+Multi-clip testing (reference D.8): each video gives `num_test_clips` windows; the model scores every clip and the
+**raw logits are averaged** over the clips (no softmax or sigmoid before averaging), as Scenic does. A video that
+lacks a configured stream (audio-less Kinetics clips, say) is scored with the modalities it has: the model fuses the
+modalities present and the token head averages their logits.
+
+Under torchrun every process scores a disjoint share of the videos (no padding, so nothing is counted twice) and the
+logits are gathered before any metric is computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import Sampler
+from tqdm.auto import tqdm
+
+from ..data.annotations import Annotations
+from ..data.config import DataConfig
+from ..data.datasets import SkipReport, VideoDataset, make_loader
+from ..models.mbt import MBT
+from . import distributed
+from .losses import per_example_loss
+from .metrics import compute_metrics
+
+METRICS_NAME = "metrics.json"
+PER_CLASS_NAME = "per_class.csv"
+
+
+class ShardSampler(Sampler[int]):
+    """Indices rank, rank + world, ... : every video exactly once over all ranks."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, n, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@torch.no_grad()
+def predict_batch(model: MBT, batch: dict[str, Any], device: torch.device, clips_per_forward: int = 8,
+                  autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+    """Logits (B, C), float32, of a collated batch. Multi-clip batches ('rgb' (B, N, 3, T, H, W), 'spectrogram'
+    (B, N, 1, time, mel)) are averaged over the N clips. Videos are grouped by the streams they have, and each
+    group is scored with its modalities only."""
+    modalities = [m for m in model.config.modality_fusion if m in batch]
+    multi_clip = batch[modalities[0]].ndim == len(model.config.input_shape(modalities[0])) + 2
+    size = batch["size"]
+    missing = batch.get("missing", {})
+    patterns: dict[tuple[str, ...], list[int]] = {}
+    for i in range(size):
+        present = tuple(m for m in modalities if not (m in missing and bool(missing[m][i])))
+        patterns.setdefault(present or tuple(modalities), []).append(i)
+    logits = torch.empty(size, model.config.num_classes)
+    for present, rows in patterns.items():
+        idx = torch.tensor(rows)
+        x = {m: batch[m][idx] for m in present}
+        clips = x[present[0]].shape[1] if multi_clip else 1
+        if multi_clip:  # (b, N, ...) -> (b * N, ...)
+            x = {m: v.flatten(0, 1) for m, v in x.items()}
+        n = x[present[0]].shape[0]
+        outs = []
+        for s in range(0, n, clips_per_forward):
+            chunk = {m: v[s:s + clips_per_forward].to(device, non_blocking=True) for m, v in x.items()}
+            with autocast or contextlib.nullcontext():
+                outs.append(model(chunk).logits.float().cpu())
+        out = torch.cat(outs).view(len(rows), clips, -1).mean(1)  # raw logits averaged over clips
+        logits[idx] = out
+    return logits
+
+
+@torch.no_grad()
+def predict_dataset(model: MBT, dataset: VideoDataset, device: torch.device, batch_size: int = 4,
+                    num_workers: int = 0, clips_per_forward: int = 8, info: distributed.DistInfo | None = None,
+                    autocast=None, progress: bool = True, desc: str = "eval"
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, SkipReport]:
+    """Score every video of `dataset` (this rank's share, then gathered from all ranks).
+
+    Returns logits (N, C), labels (N, C), dataset indices (N,) sorted ascending, and this rank's SkipReport
+    (videos that could not be read are left out and listed there).
+    """
+    info = info or distributed.DistInfo(device=device)
+    was_training = model.training
+    model.eval()
+    sampler = ShardSampler(len(dataset), info.rank, info.world_size)
+    loader = make_loader(dataset, batch_size, num_workers=num_workers, sampler=sampler, drop_last=False)
+    report = SkipReport()
+    logits, labels, indices = [], [], []
+    bar = tqdm(loader, desc=desc, unit="batch", disable=not (progress and info.is_main), leave=False)
+    for batch in bar:
+        report.update(batch)
+        if batch["size"] == 0:
+            continue
+        logits.append(predict_batch(model, batch, device, clips_per_forward, autocast))
+        labels.append(batch["label"].float())
+        indices.append(batch["index"])
+    C = model.config.num_classes
+    logits_t = torch.cat(logits) if logits else torch.empty(0, C)
+    labels_t = torch.cat(labels) if labels else torch.empty(0, dataset.annotations.num_classes)
+    index_t = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
+    logits_t, labels_t, index_t = distributed.gather_rows([logits_t, labels_t, index_t], info)
+    order = index_t.argsort()
+    model.train(was_training)
+    return logits_t[order], labels_t[order], index_t[order], report
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor, config, label_names=None
+          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics of (N, C) logits against (N, C) labels for the model's problem type, plus the unsmoothed loss."""
+    problem_type = config.problem_type or "multi_label"
+    if logits.shape[0] == 0:
+        raise ValueError("no video could be scored (all were skipped or the annotation file is empty)")
+    summary, rows = compute_metrics(logits.numpy(), labels.numpy(), problem_type, heads=config.heads,
+                                    label_names=label_names or config.label_names)
+    loss = per_example_loss(logits, labels, problem_type, config.heads).mean()
+    return {"loss": float(loss), **summary}, rows
+
+
+def write_results(out_dir: str | Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """`metrics.json` (the summary) and `per_class.csv` (one row per class) in `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / METRICS_NAME
+    metrics_path.write_text(json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n")
+    per_class = out_dir / PER_CLASS_NAME
+    with per_class.open("w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return metrics_path, per_class
+
+
+def evaluate_dataset(model: MBT, annotations: Annotations, data_config: DataConfig, device: torch.device,
+                     split: str = "test", batch_size: int = 4, num_workers: int = 0, clips_per_forward: int = 8,
+                     on_error: str = "skip", info: distributed.DistInfo | None = None, autocast=None,
+                     progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics of `model` on `annotations` ('val': the middle clip; 'test': data_config.num_test_clips clips)."""
+    check_labels(model.config, annotations)
+    dataset = VideoDataset(annotations, data_config, split=split, on_error=on_error)
+    logits, labels, _, report = predict_dataset(model, dataset, device, batch_size, num_workers, clips_per_forward,
+                                                info, autocast, progress, desc=split)
+    info = info or distributed.DistInfo(device=device)
+    skipped = int(distributed.all_reduce_sum(len(report.skipped), info))
+    if report.skipped:
+        tqdm.write(report.summary())
+    summary, rows = score(logits, labels, model.config, annotations.label_names)
+    summary = {**summary, "num_videos": len(annotations.records), "num_skipped": skipped,
+               "clips_per_video": data_config.num_test_clips if split == "test" else 1,
+               "clip_average": "logits"}
+    return summary, rows
+
+
+def check_labels(config, annotations: Annotations) -> None:
+    """The annotations must have the model's classes (same count, and the same names when both are known)."""
+    if annotations.num_classes != config.num_classes:
+        raise ValueError(f"{annotations.source}: {annotations.num_classes} classes, but the model has "
+                         f"{config.num_classes}; evaluate with the label list the model was trained on")
+    if config.label_names is not None and list(config.label_names) != list(annotations.label_names):
+        diff = next(i for i, (a, b) in enumerate(zip(config.label_names, annotations.label_names)) if a != b)
+        raise ValueError(f"{annotations.source}: class {diff} is {annotations.label_names[diff]!r} but the model's "
+                         f"class {diff} is {config.label_names[diff]!r}; pass the label list the model was trained "
+                         "on (--labels)")
+    if config.problem_type is not None:
+        kind = "multi_head" if annotations.heads else ("multi_label" if annotations.multi_label else "single_label")
+        if kind != config.problem_type and not (config.problem_type == "multi_label" and kind == "single_label"):
+            raise ValueError(f"{annotations.source}: a {kind} task, but the model was trained for "
+                             f"{config.problem_type}")
+
+
+def _json_ready(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_ready(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN or infinity (d-prime of a perfect AUC): written as null
+    return x

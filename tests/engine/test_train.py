@@ -1,0 +1,232 @@
+"""Training and evaluation end to end, on generated clips and a tiny MBT: the CLI, torchrun with 2 processes,
+gradient accumulation, SIGKILL + resume, skipped files, evaluation outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mbt import MBT, ConfigError
+from mbt.data import DataConfig
+from mbt.engine.checkpoint import list_checkpoints, load_checkpoint
+from mbt.engine.config import RunConfig
+from mbt.engine.trainer import train
+
+from .conftest import write_config
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _log(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "model" / "model.safetensors")
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_train_then_eval_through_the_cli(clip_dirs, tmp_path):
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "run.yaml", clip_dirs["train"], out, val_csv=clip_dirs["test"],
+                       train={"eval_every_epochs": 3})
+    start = time.perf_counter()
+    _run(["-m", "mbt", "train", str(cfg), "--optim.epochs", "8"])
+    _run(["-m", "mbt", "eval", str(out / "model"), str(clip_dirs["test"]), "--output", str(tmp_path / "eval"),
+          "--no-progress"])
+    elapsed = time.perf_counter() - start
+
+    rows = _log(out / "train_log.csv")
+    losses = [float(r["loss"]) for r in rows]
+    assert len(rows) == 24 and rows[-1]["step"] == "24"
+    assert losses[0] == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=1e-4)  # zero head: ln(3)
+    assert sum(losses[-3:]) / 3 < 0.6 * losses[0], losses  # the training loss falls
+    assert {r["split"] for r in _log(out / "eval_log.csv")} == {"val"}
+    for name in ("config.yaml", "model/config.json", "model/model.safetensors", "model/preprocessor_config.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000016.pt", "step-00000020.pt", "step-00000024.pt"]
+    # The run dir's config.yaml is the resolved config: it loads and names the classes.
+    resolved = RunConfig.from_yaml(out / "config.yaml")
+    assert resolved.model["label_names"] == ["red_low", "green_mid", "blue_high"]
+
+    model = MBT.from_pretrained(out / "model")
+    assert model.config.problem_type == "single_label" and model.config.num_classes == 3
+    DataConfig.from_pretrained(out / "model").check_model(model.config)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_videos"] == 9 and metrics["clips_per_video"] == 2 and metrics["num_skipped"] == 0
+    assert metrics["top1"] > 0.6  # chance is 1/3
+    with (tmp_path / "eval" / "per_class.csv").open() as f:
+        per_class = list(csv.DictReader(f))
+    assert [r["name"] for r in per_class] == ["red_low", "green_mid", "blue_high"]
+    assert elapsed < 60
+
+
+def test_two_processes_equal_one_process_on_the_same_global_batch(clip_dirs, tmp_path):
+    """torchrun, 2 gloo processes with 4 clips each per step == 1 process with 8 clips per step. SGD: Adam's
+    normalisation amplifies the last-bit differences of a reordered gradient sum in near-zero gradients."""
+    cfg = write_config(tmp_path / "run.yaml", clip_dirs["train"], tmp_path / "unused",
+                       optim={"name": "sgd", "lr": 0.5, "epochs": 3},
+                       data={"augment": {"flip": True, "mixup_alpha": 0.0}})
+    for n in (1, 2):
+        _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+              "-m", "mbt", "train", str(cfg), "--train.output_dir", str(tmp_path / f"p{n}")])
+    one, two = _weights(tmp_path / "p1"), _weights(tmp_path / "p2")
+    assert _max_diff(one, two) <= 1e-5
+    assert _max_diff(one, {k: torch.zeros_like(v) for k, v in one.items() if True}) > 0.01  # it did train
+    l1, l2 = _log(tmp_path / "p1" / "train_log.csv"), _log(tmp_path / "p2" / "train_log.csv")
+    assert [float(r["loss"]) for r in l1] == pytest.approx([float(r["loss"]) for r in l2], abs=1e-5)
+
+
+def test_gradient_accumulation_equals_the_full_batch(clip_dirs, tmp_path):
+    cfg = write_config(tmp_path / "run.yaml", clip_dirs["train"], tmp_path / "unused",
+                       optim={"name": "sgd", "lr": 0.5, "epochs": 2})
+    runs = {}
+    for accum in (1, 4):
+        c = RunConfig.from_yaml(cfg, ["--optim.grad_accum_steps", str(accum),
+                                      "--train.output_dir", str(tmp_path / f"a{accum}")])
+        runs[accum] = load_file(train(c) / "model.safetensors")
+    assert _max_diff(runs[1], runs[4]) <= 1e-5
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    from mbt import MBTConfig
+
+    from ..conftest import random_inputs, randomize_
+
+    config = MBTConfig(hidden_size=32, num_layers=3, num_heads=2, mlp_dim=64, fusion_layer=1, num_frames=4,
+                       image_size=(16, 16), rgb_patch_size=(2, 8, 8), spectrogram_shape=(32, 16),
+                       num_classes=5, stochastic_droplayer_rate=0.5, dropout_rate=0.1)
+    model = randomize_(MBT(config)).train()
+    x = random_inputs(config)
+    grads = []
+    for checkpointing in (False, True):
+        model.gradient_checkpointing = checkpointing
+        model.zero_grad()
+        torch.manual_seed(0)
+        model(x).logits.square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert _max_diff(*grads) <= 1e-6
+    assert max(g.abs().max().item() for g in grads[0].values()) > 0
+
+
+def _slow_train_script(config: Path, extra: list[str]) -> list[str]:
+    # The training under test, slowed to 0.4 s per step from outside the library so the test can kill it mid-run.
+    code = ("import sys, time; import mbt.engine.trainer as t; step = t._train_step\n"
+            "def slow(*a, **k):\n    time.sleep(0.4); return step(*a, **k)\n"
+            "t._train_step = slow\nfrom mbt.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    return ["-c", code, "train", str(config), *extra]
+
+
+def test_resume_after_sigkill_continues_exactly(clip_dirs, tmp_path):
+    """Mixup, stochastic depth, scale jitter and flips all on: every random draw must be restored."""
+    cfg = write_config(tmp_path / "run.yaml", clip_dirs["train"], tmp_path / "unused",
+                       model={"stochastic_droplayer_rate": 0.2, "dropout_rate": 0.1},
+                       optim={"epochs": 4, "name": "sgd", "lr": 0.3},
+                       data={"augment": {"flip": True, "scale_jitter": [0.9, 1.33], "mixup_alpha": 0.5}},
+                       train={"checkpoint_every_steps": 2, "keep_checkpoints": 2})
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run(["-m", "mbt", "train", str(cfg), "--train.output_dir", str(whole)])  # same threads as the resumed run
+
+    proc = subprocess.Popen([sys.executable, *_slow_train_script(cfg, ["--train.output_dir", str(killed)])],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "step-00000004.pt").exists():  # mid-epoch 1 (3 steps per epoch)
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "model").exists()  # it was killed before the end
+    last = list_checkpoints(killed)[-1]
+    state = load_checkpoint(last)
+    assert state["data_position"]["step_in_epoch"] != 0 or state["step"] == 6
+
+    with pytest.raises(ConfigError, match="pass --resume"):
+        train(RunConfig.from_yaml(cfg, ["--train.output_dir", str(killed)]))
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in \['optim.lr'\]"):
+        train(RunConfig.from_yaml(cfg, ["--train.output_dir", str(killed), "--optim.lr", "0.1"]), resume=True)
+    _run(["-m", "mbt", "train", str(cfg), "--train.output_dir", str(killed), "--resume"])
+
+    a, b = _weights(whole), _weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a), _max_diff(a, b)
+    # The logs hold each step once, with the uninterrupted run's values.
+    la, lb = _log(whole / "train_log.csv"), _log(killed / "train_log.csv")
+    assert [r["step"] for r in lb] == [str(s) for s in range(1, 13)]
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+
+
+def test_resume_needs_a_checkpoint(clip_dirs, tmp_path):
+    cfg = write_config(tmp_path / "run.yaml", clip_dirs["train"], tmp_path / "none")
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train(RunConfig.from_yaml(cfg), resume=True)
+
+
+def test_unreadable_clips_are_skipped_and_reported(clip_dirs, tmp_path):
+    folder = clip_dirs["train"].parent
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video" * 100)
+    rows = clip_dirs["train"].read_text().splitlines()
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_text("\n".join(rows[:1] + [f"{bad},red_low"] + [f"{folder / r}" for r in rows[1:]]) + "\n")
+    (tmp_path / "labels.txt").write_text((folder / "labels.txt").read_text())
+    cfg = write_config(tmp_path / "run.yaml", csv_path, tmp_path / "run", optim={"epochs": 2, "batch_size": 5})
+    model_dir = train(RunConfig.from_yaml(cfg))
+    assert (model_dir / "model.safetensors").is_file()
+    log = _log(tmp_path / "run" / "train_log.csv")
+    assert sum(int(r["skipped"]) for r in log) == 2  # the bad file, once per epoch
+
+
+def test_train_starts_from_imagenet_vit_weights(clip_dirs, tmp_path):
+    """init.checkpoint: a timm ViT (safetensors) matching the tiny model. The first update has lr 0 (warm-up from
+    step 0, as Scenic), so after one step the exported model still holds the ViT's blocks in both streams."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    D, L, M, P = 32, 2, 64, 8
+    vit = {"cls_token": torch.randn(1, 1, D, generator=g), "pos_embed": torch.randn(1, 5, D, generator=g),
+           "patch_embed.proj.weight": torch.randn(D, 3, P, P, generator=g), "patch_embed.proj.bias": torch.randn(D),
+           "norm.weight": torch.randn(D, generator=g), "norm.bias": torch.randn(D, generator=g)}
+    for i in range(L):
+        for name, shape in (("norm1", (D,)), ("norm2", (D,))):
+            vit[f"blocks.{i}.{name}.weight"] = torch.randn(shape, generator=g)
+            vit[f"blocks.{i}.{name}.bias"] = torch.randn(shape, generator=g)
+        for name, (o, i_) in (("attn.qkv", (3 * D, D)), ("attn.proj", (D, D)), ("mlp.fc1", (M, D)),
+                              ("mlp.fc2", (D, M))):
+            vit[f"blocks.{i}.{name}.weight"] = torch.randn(o, i_, generator=g) * 0.1
+            vit[f"blocks.{i}.{name}.bias"] = torch.randn(o, generator=g) * 0.1
+    save_file(vit, tmp_path / "vit.safetensors")
+    cfg = write_config(tmp_path / "run.yaml", clip_dirs["train"], tmp_path / "run",
+                       model={"spectrogram_patch_size": [8, 8]},
+                       init={"checkpoint": str(tmp_path / "vit.safetensors")}, optim={"max_steps": 1})
+    weights = load_file(train(RunConfig.from_yaml(cfg)) / "model.safetensors")
+    for m in ("rgb", "spectrogram"):
+        for i in range(L):
+            assert torch.equal(weights[f"encoders.{m}.{i}.attn.qkv.weight"], vit[f"blocks.{i}.attn.qkv.weight"])
+            assert torch.equal(weights[f"encoders.{m}.{i}.mlp.fc2.bias"], vit[f"blocks.{i}.mlp.fc2.bias"])
+    assert torch.equal(weights["encoder_norm.weight"], vit["norm.weight"])
+    assert torch.equal(weights["tokenizers.rgb.cls"], vit["cls_token"])
+    central = weights["tokenizers.rgb.patch_embed.proj.weight"]  # (D, 3, 2, 8, 8): the ViT kernel at t = 1
+    assert torch.equal(central[:, :, 1], vit["patch_embed.proj.weight"]) and not central[:, :, 0].any()
