@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -230,3 +231,56 @@ def test_train_starts_from_imagenet_vit_weights(clip_dirs, tmp_path):
     assert torch.equal(weights["tokenizers.rgb.cls"], vit["cls_token"])
     central = weights["tokenizers.rgb.patch_embed.proj.weight"]  # (D, 3, 2, 8, 8): the ViT kernel at t = 1
     assert torch.equal(central[:, :, 1], vit["patch_embed.proj.weight"]) and not central[:, :, 0].any()
+
+
+def test_epic_kitchens_two_heads_train_and_score(tmp_path):
+    """EPIC-format annotations: verb (97) + noun (300) heads, a softmax each; verb/noun/action metrics."""
+    import numpy as np
+
+    from mbt.data.synthetic import tone_schedule, write_media
+
+    videos = tmp_path / "videos"
+    (videos / "P01").mkdir(parents=True)
+    colours = [(220, 40, 40), (40, 200, 60), (50, 60, 230)]
+    frame = lambda i, t, size: np.full((*size, 3), colours[min(int(t // 2), 2)], np.uint8)  # noqa: E731
+    write_media(videos / "P01" / "P01_01.mp4", duration=6.0, size=(24, 32), frame_fn=frame,
+                audio_fn=tone_schedule([300.0, 1200.0, 3000.0], segment=2.0))
+    header = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,"
+              "start_frame,stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes\n")
+    rows = []
+    for j in range(12):
+        seg = j % 3
+        start = 2 * seg + 0.1 * (j // 3)
+        rows.append(f"P01_01_{j},P01,P01_01,00:00:00.0,00:00:{start:05.2f},00:00:{start + 1.5:05.2f},0,0,x,v,"
+                    f"{seg},n,{10 + seg},[],[]")
+    (tmp_path / "EPIC_100_train.csv").write_text(header + "\n".join(rows) + "\n")
+    split = {"annotations": str(tmp_path / "EPIC_100_train.csv"), "format": "epic", "video_dir": str(videos)}
+    cfg = write_config(tmp_path / "run.yaml", tmp_path / "EPIC_100_train.csv", tmp_path / "run",
+                       dataset={"train": split, "test": split}, data={"num_test_clips": 1},
+                       optim={"epochs": 4, "batch_size": 4, "label_smoothing": 0.2})
+    model_dir = train(RunConfig.from_yaml(cfg))
+    model = MBT.from_pretrained(model_dir)
+    assert model.config.problem_type == "multi_head" and model.config.heads == {"verb": 97, "noun": 300}
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    for key in ("verb_top1", "verb_top5", "noun_top1", "noun_top5", "action_top1", "action_top5"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    losses = [float(r["loss"]) for r in _log(tmp_path / "run" / "train_log.csv")]
+    # Zero head at the start: the mean over heads of ln(97) and ln(300), smoothing included (uniform logits).
+    assert losses[0] == pytest.approx((np.log(97) + np.log(300)) / 2, abs=1e-4)
+    assert losses[-1] < losses[0]
+
+
+def test_multi_label_csv_trains_with_sigmoid_loss(clip_dirs, tmp_path):
+    folder = clip_dirs["train"].parent
+    rows = clip_dirs["train"].read_text().splitlines()[1:]
+    # Every clip also carries a shared tag: several labels in one field make the task multi-label.
+    csv_path = tmp_path / "ml.csv"
+    csv_path.write_text("\n".join(f"{folder / p},{lab};any" for p, lab in (r.split(",") for r in rows)) + "\n")
+    (tmp_path / "labels.txt").write_text("any\nblue_high\ngreen_mid\nred_low\n")
+    cfg = write_config(tmp_path / "run.yaml", csv_path, tmp_path / "run", optim={"epochs": 3}, test_csv=csv_path)
+    model = MBT.from_pretrained(train(RunConfig.from_yaml(cfg)))
+    assert model.config.problem_type == "multi_label" and model.config.num_classes == 4
+    losses = [float(r["loss"]) for r in _log(tmp_path / "run" / "train_log.csv")]
+    assert losses[0] == pytest.approx(4 * np.log(2), abs=1e-4)  # zero logits: ln 2 per class, summed
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["num_classes_scored"] == 4 and 0 <= metrics["mAP"] <= 1

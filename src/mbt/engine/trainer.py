@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
-from ..data.annotations import Annotations, read_annotations
+from ..data.annotations import Annotations, detect_format, read_annotations
 from ..data.datasets import SkipReport, VideoDataset, make_loader
 from ..data.transforms import mixup
 from ..models.config import ConfigError
@@ -60,8 +60,9 @@ def read_split(split: SplitConfig, label_names: list[str] | None = None) -> Anno
     """Read one annotation file; `label_names` (the training classes) fixes the label space of VGGSound,
     Kinetics and CSV files that do not name their label list."""
     labels: Any = split.labels
-    if labels is None and label_names is not None:
-        labels = list(label_names)
+    fmt = detect_format(split.annotations) if split.format == "auto" else split.format
+    if labels is None and label_names is not None and fmt in ("vggsound", "kinetics", "csv"):
+        labels = list(label_names)  # AudioSet and EPIC name their classes in their own class files
     ann = read_annotations(split.annotations, format=split.format, video_dir=split.video_dir, labels=labels,
                            split=split.split)
     if split.max_clips is not None:
