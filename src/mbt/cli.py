@@ -21,6 +21,12 @@ def _positive_pair(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert", formatter_class=_Formatter,
@@ -170,9 +176,18 @@ def _run_train(args: argparse.Namespace) -> int:
     from .engine.config import RunConfig
     from .engine.trainer import train
 
+    from pathlib import Path
+
+    from .engine.distributed import is_main_process
+    from .models.config import ConfigError
+
+    if not Path(args.config).is_file() and args.overrides:
+        raise ConfigError(f"{args.config}: no such config file; give the config file first, then the overrides: "
+                          "mbt train CONFIG.yaml --section.key value ...")
     cfg = RunConfig.from_yaml(args.config, args.overrides)
     model_dir = train(cfg, resume=args.resume)
-    print(f"model: {model_dir}")
+    if is_main_process():
+        print(f"model: {model_dir}")
     return 0
 
 
@@ -194,13 +209,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     _add_data_args(p)
     p.add_argument("--output", default=None,
                    help="folder for metrics.json and per_class.csv (default: MODEL_DIR/eval-<annotation file name>)")
-    p.add_argument("--num-test-clips", type=int, default=None,
+    p.add_argument("--num-test-clips", type=_positive_int, default=None,
                    help="clips per video, logits averaged (default: the model's preprocessor config, 4 for AudioSet)")
-    p.add_argument("--batch-size", type=int, default=4, help="videos per batch (default: 4)")
-    p.add_argument("--clips-per-forward", type=int, default=8, help="clips per model call (default: 8)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="videos per batch (default: 4)")
+    p.add_argument("--clips-per-forward", type=_positive_int, default=8, help="clips per model call (default: 8)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ... (default: auto)")
-    p.add_argument("--max-clips", type=int, default=None, help="evaluate only the first N videos")
+    p.add_argument("--max-clips", type=_positive_int, default=None, help="evaluate only the first N videos")
     p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
                    help="an unreadable video: skip it (counted in metrics.json) or stop (default: skip)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -216,11 +231,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .data.config import DataConfig
     from .engine import distributed
     from .engine.config import SplitConfig
-    from .engine.evaluate import evaluate_dataset, write_results
+    from .engine.evaluate import json_ready, evaluate_dataset, write_results
     from .engine.trainer import read_split
     from .models.mbt import MBT
 
-    info = distributed.setup(args.device)
+    info = distributed.setup(args.device, field="--device")
     try:
         model = MBT.from_pretrained(args.model_dir, map_location=info.device)
         data_config = DataConfig.from_pretrained(args.model_dir)
@@ -239,7 +254,8 @@ def _run_eval(args: argparse.Namespace) -> int:
             out = Path(args.output) if args.output else Path(args.model_dir) / f"eval-{Path(args.annotations).stem}"
             summary = {"model_dir": str(args.model_dir), "annotations": str(args.annotations), **summary}
             metrics_path, per_class = write_results(out, summary, rows)
-            print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}, indent=2))
+            print(json.dumps(json_ready({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}),
+                             indent=2))
             print(f"wrote {metrics_path} and {per_class}", file=sys.stderr)
         del torch
     finally:

@@ -157,6 +157,16 @@ def test_overrides(tmp_path):
         RunConfig.from_yaml(path, ["--optim.lr", "fast"])
     with pytest.raises(ConfigError, match="divisible"):
         RunConfig.from_yaml(path, ["--optim.grad_accum_steps", "3"])
+    # Values of the wrong type name the field (a misspelt boolean must not become a truthy string).
+    for override, message in ((["--optim.nesterov", "flase"], r"optim.nesterov = 'flase': expected true or false"),
+                              (["--train.seed", "abc"], r"train.seed = 'abc': expected an integer"),
+                              (["--optim.epochs", ".inf"], r"optim.epochs = inf: expected a finite number"),
+                              (["--optim.betas", "0.9"], r"optim.betas = 0.9: expected a list of 2 numbers"),
+                              (["--train.num_workers", "abc"], r"train.num_workers = 'abc': expected an integer")):
+        with pytest.raises(ConfigError, match=message):
+            RunConfig.from_yaml(path, override)
+    with pytest.raises(ConfigError, match="set both mean and std to 'auto'"):
+        _ = RunConfig.from_yaml(path, ["--data.front_end", "{mean: auto, std: 2.0}"]).auto_stats
 
 
 def test_resolved_config_round_trips(tmp_path):

@@ -146,7 +146,8 @@ def test_resume_after_sigkill_continues_exactly(clip_dirs, tmp_path):
                        model={"stochastic_droplayer_rate": 0.2, "dropout_rate": 0.1},
                        optim={"epochs": 4, "name": "sgd", "lr": 0.3},
                        data={"augment": {"flip": True, "scale_jitter": [0.9, 1.33], "mixup_alpha": 0.5}},
-                       train={"checkpoint_every_steps": 2, "keep_checkpoints": 2})
+                       train={"checkpoint_every_steps": 2, "keep_checkpoints": 2, "eval_every_epochs": 1},
+                       val_csv=clip_dirs["test"], test_csv=clip_dirs["test"])
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     _run(["-m", "mbt", "train", str(cfg), "--train.output_dir", str(whole)])  # same threads as the resumed run
 
@@ -169,7 +170,12 @@ def test_resume_after_sigkill_continues_exactly(clip_dirs, tmp_path):
         train(RunConfig.from_yaml(cfg, ["--train.output_dir", str(killed)]))
     with pytest.raises(ConfigError, match=r"differs from the checkpoint's in \['optim.lr'\]"):
         train(RunConfig.from_yaml(cfg, ["--train.output_dir", str(killed), "--optim.lr", "0.1"]), resume=True)
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in \['train.seed'\]"):
+        train(RunConfig.from_yaml(cfg, ["--train.output_dir", str(killed), "--train.seed", "5"]), resume=True)
+    leftover = killed / "checkpoints" / ".step-00000006.pt.abc.tmp"  # as a kill inside torch.save leaves it
+    leftover.write_bytes(b"\0" * 100)
     _run(["-m", "mbt", "train", str(cfg), "--train.output_dir", str(killed), "--resume"])
+    assert not leftover.exists()
 
     a, b = _weights(whole), _weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a), _max_diff(a, b)
@@ -177,6 +183,20 @@ def test_resume_after_sigkill_continues_exactly(clip_dirs, tmp_path):
     la, lb = _log(whole / "train_log.csv"), _log(killed / "train_log.csv")
     assert [r["step"] for r in lb] == [str(s) for s in range(1, 13)]
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    ea, eb = _log(whole / "eval_log.csv"), _log(killed / "eval_log.csv")
+    assert [(r["step"], r["split"]) for r in eb] == [("3", "val"), ("6", "val"), ("9", "val"), ("12", "val"),
+                                                     ("12", "test")]
+    assert ea == eb
+    # TensorBoard: every step once, none lost or doubled by the resume.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(killed / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 13))
+    assert [e.step for e in events.Scalars("val/loss")] == [3, 6, 9, 12]
+    # Resuming the finished run redoes only the export and the test, and keeps one test row.
+    _run(["-m", "mbt", "train", str(cfg), "--train.output_dir", str(killed), "--resume"])
+    assert _log(killed / "eval_log.csv") == eb
+    assert oct((killed / "model" / "model.safetensors").stat().st_mode & 0o777) != oct(0o600)
 
 
 def test_resume_needs_a_checkpoint(clip_dirs, tmp_path):
@@ -221,7 +241,8 @@ def test_train_starts_from_imagenet_vit_weights(clip_dirs, tmp_path):
     save_file(vit, tmp_path / "vit.safetensors")
     cfg = write_config(tmp_path / "run.yaml", clip_dirs["train"], tmp_path / "run",
                        model={"spectrogram_patch_size": [8, 8]},
-                       init={"checkpoint": str(tmp_path / "vit.safetensors")}, optim={"max_steps": 1})
+                       init={"checkpoint": str(tmp_path / "vit.safetensors")},
+                       optim={"max_steps": 1, "warmup_epochs": 0.34})
     weights = load_file(train(RunConfig.from_yaml(cfg)) / "model.safetensors")
     for m in ("rgb", "spectrogram"):
         for i in range(L):
@@ -284,3 +305,26 @@ def test_multi_label_csv_trains_with_sigmoid_loss(clip_dirs, tmp_path):
     assert losses[0] == pytest.approx(4 * np.log(2), abs=1e-4)  # zero logits: ln 2 per class, summed
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert metrics["num_classes_scored"] == 4 and 0 <= metrics["mAP"] <= 1
+
+
+def test_two_processes_survive_a_share_of_unreadable_clips(clip_dirs, tmp_path):
+    """torchrun, 2 processes: in step 1, every clip of process 1 is unreadable (it still joins the gradient
+    all-reduce). The model is rgb-only with bottleneck tokens, which it never uses (DDP must allow that)."""
+    from mbt.engine.trainer import StepSampler
+
+    folder = clip_dirs["train"].parent
+    rows = clip_dirs["train"].read_text().splitlines()[1:17]  # 16 clips: 2 steps of 8 per epoch
+    bad = set(StepSampler(16, 8, 2, rank=1, seed=0, epoch=0, start_step=0, steps_per_epoch=2).indices[:4])
+    (tmp_path / "bad.mp4").write_bytes(b"not a video" * 100)
+    lines = [f"{tmp_path / 'bad.mp4' if i in bad else folder / r.split(',')[0]},{r.split(',')[1]}"
+             for i, r in enumerate(rows)]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "labels.txt").write_text((folder / "labels.txt").read_text())
+    cfg = write_config(tmp_path / "run.yaml", tmp_path / "train.csv", tmp_path / "run",
+                       model={"modality_fusion": ["rgb"]}, data={"modalities": ["rgb"]},
+                       optim={"epochs": 2, "warmup_epochs": 0.5})
+    _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mbt", "train", str(cfg)])
+    log = _log(tmp_path / "run" / "train_log.csv")
+    skipped = [int(r["skipped"]) for r in log]
+    assert skipped[0] == 4 and sum(skipped[:2]) == 4 and sum(skipped[2:]) == 4  # the 4 bad clips, each epoch
+    assert MBT.from_pretrained(tmp_path / "run" / "model").config.modality_fusion == ("rgb",)

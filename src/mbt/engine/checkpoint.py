@@ -52,13 +52,43 @@ def save_checkpoint(state: dict[str, Any], output_dir: str | Path, step: int, ke
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself is on disk
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     for old in list_checkpoints(output_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+def remove_partial_files(output_dir: str | Path) -> list[Path]:
+    """Delete temporary files left by a checkpoint write that was killed (they are never read)."""
+    folder = Path(output_dir) / CHECKPOINT_DIR
+    found = sorted(folder.glob(".step-*.tmp")) if folder.is_dir() else []
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,6 +27,7 @@ from ..data.config import DataConfig
 from ..models.config import PRESETS, ConfigError, MBTConfig
 
 PRECISIONS = ("auto", "fp32", "bf16")
+AUTO_STATS_KEYS = ("mean", "std")
 KERNEL_INITS = ("central_frame", "average")
 
 
@@ -139,16 +141,21 @@ class TrainConfig:
     log_every_steps: int = 10
     tensorboard: bool = True
     progress: bool = True
+    stats_max_clips: int = 500
+    """With data.front_end mean/std 'auto': the training clips (the first N) the statistics are measured on."""
     """A tqdm progress bar (rank 0)."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision = {self.precision!r}; allowed: {PRECISIONS}")
-        for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "clips_per_forward"):
+        for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "clips_per_forward",
+                     "stats_max_clips"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} = {getattr(self, name)!r}: must be an integer >= 1")
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers = {self.num_workers!r}: must be >= 0")
+        if self.eval_every_epochs < 0:
+            raise ConfigError(f"train.eval_every_epochs = {self.eval_every_epochs!r}: must be >= 0 (0: at the end)")
 
 
 @dataclass
@@ -195,10 +202,23 @@ class RunConfig:
         d.setdefault("spec_frames", model_config.spectrogram_shape[0])
         front_end = dict(d.get("front_end") or {})
         front_end.setdefault("num_mel_bins", model_config.spectrogram_shape[1])
+        for key in AUTO_STATS_KEYS:  # 'auto': measured on the training clips by the trainer
+            if front_end.get(key) == "auto":
+                front_end.pop(key)
         d["front_end"] = front_end
         config = DataConfig.from_dict(d, source="data")
         config.check_model(model_config)
         return config
+
+    @property
+    def auto_stats(self) -> bool:
+        """True if data.front_end.mean / std are 'auto' (measured on the training clips before training)."""
+        front_end = (self.data or {}).get("front_end") or {}
+        auto = [k for k in AUTO_STATS_KEYS if front_end.get(k) == "auto"]
+        if len(auto) == 1:
+            raise ConfigError(f"data.front_end.{auto[0]} is 'auto' but the other statistic is not; set both mean "
+                              "and std to 'auto', or both to numbers (`mbt stats` measures them)")
+        return bool(auto)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -304,20 +324,49 @@ def _check_keys(d: Any, cls: type, where: str) -> None:
 
 def _build(cls: type, d: Any, where: str):
     _check_keys(d, cls, where)
-    d = dict(d)
-    for f in dataclasses.fields(cls):
-        # PyYAML reads 5e-4 (no dot) as a string: accept it for float fields.
-        if "float" in str(f.type) and isinstance(d.get(f.name), str):
-            try:
-                d[f.name] = float(d[f.name])
-            except ValueError:
-                raise ConfigError(f"{where}.{f.name} = {d[f.name]!r}: expected a number") from None
+    d = {f.name: _typed(d[f.name], str(f.type), f"{where}.{f.name}") for f in dataclasses.fields(cls) if f.name in d}
     try:
         return cls(**d)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}" if not str(e).startswith(where) else str(e)) from None
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _typed(value: Any, annotation: str, where: str) -> Any:
+    """Check (and normalise) a config value against its field annotation, naming the field on error."""
+    base = annotation.replace(" ", "")
+    optional = base.endswith("|None")
+    base = base.removesuffix("|None")
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where} = null: a value is required")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} = {value!r}: expected true or false")
+    elif base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} = {value!r}: expected an integer")
+    elif base == "float":
+        if isinstance(value, str):  # PyYAML reads 5e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where} = {value!r}: expected a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where} = {value!r}: expected a finite number")
+        value = float(value)
+    elif base == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} = {value!r}: expected a string")
+    elif base.startswith("tuple[float"):
+        n = base.count("float")
+        if (not isinstance(value, (list, tuple)) or len(value) != n
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{where} = {value!r}: expected a list of {n} numbers")
+        value = tuple(float(v) for v in value)
+    return value
 
 
 def _plain(x: Any) -> Any:

@@ -29,21 +29,33 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> this process's GPU (cuda:LOCAL_RANK) if CUDA is available, else the CPU."""
+def resolve_device(name: str, local_rank: int = 0, world_size: int = 1, field: str = "train.device"
+                   ) -> torch.device:
+    """'auto' -> this process's GPU (cuda:LOCAL_RANK) if CUDA is available, else the CPU. Under torchrun 'cuda'
+    also means this process's GPU; an explicit index would put every process on one GPU and is refused."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{field} = {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device = {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+        raise ValueError(f"{field} = {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+    if device.type == "cuda" and world_size > 1:
+        if device.index is not None:
+            raise ValueError(f"{field} = {name!r}: under torchrun each process uses its own GPU (cuda:LOCAL_RANK); "
+                             "use 'cuda' or 'auto'")
+        device = torch.device(f"cuda:{local_rank}")
+    elif device.type == "cuda" and device.index is None:
+        device = torch.device("cuda:0")
     return device
 
 
-def setup(device: str = "auto") -> DistInfo:
+def setup(device: str = "auto", field: str = "train.device") -> DistInfo:
     """Join the process group if started by torchrun (WORLD_SIZE > 1), else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank, world, field)
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
@@ -62,6 +74,11 @@ def all_reduce_sum(value: float, info: DistInfo) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device(info))
     dist.all_reduce(t)
     return float(t.item())
+
+
+def is_main_process() -> bool:
+    """Rank 0, or not started by torchrun."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def barrier(info: DistInfo) -> None:

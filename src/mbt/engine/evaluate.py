@@ -131,7 +131,7 @@ def write_results(out_dir: str | Path, summary: dict[str, Any], rows: list[dict[
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / METRICS_NAME
-    metrics_path.write_text(json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n")
+    metrics_path.write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
     per_class = out_dir / PER_CLASS_NAME
     with per_class.open("w", newline="") as f:
         if rows:
@@ -178,11 +178,11 @@ def check_labels(config, annotations: Annotations) -> None:
                              f"{config.problem_type}")
 
 
-def _json_ready(x: Any) -> Any:
+def json_ready(x: Any) -> Any:
     if isinstance(x, dict):
-        return {k: _json_ready(v) for k, v in x.items()}
+        return {k: json_ready(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_ready(v) for v in x]
+        return [json_ready(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return None  # JSON has no NaN or infinity (d-prime of a perfect AUC): written as null
     return x

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -43,7 +44,8 @@ from ..data.transforms import mixup
 from ..models.config import ConfigError
 from ..models.mbt import MBT
 from . import distributed
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (latest_checkpoint, load_checkpoint, remove_partial_files, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import RunConfig, SplitConfig
 from .evaluate import evaluate_dataset, write_results
 from .losses import mbt_loss
@@ -106,8 +108,8 @@ def _seed(*keys: int) -> int:
 
 # ---------------------------------------------------------------------------------------------------- logs
 class RunLogger:
-    """CSV files and TensorBoard events (rank 0 only). On resume, rows after the resumed step are dropped (they
-    belong to the interrupted tail that is being redone)."""
+    """CSV files and TensorBoard events (rank 0 only). On resume, rows after the resumed step (and rows of the
+    final test) are dropped: they belong to the interrupted tail that is being redone."""
 
     def __init__(self, out: Path, active: bool, tensorboard: bool, start_step: int) -> None:
         self.out, self.active = out, active
@@ -122,7 +124,9 @@ class RunLogger:
             except ImportError as e:  # tensorboard is a dependency; a broken install should not stop training
                 tqdm.write(f"TensorBoard logging off ({e}); CSV logs are still written")
             else:
-                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step or None)
+                # Events after the resumed step belong to the interrupted tail (those at it were logged before
+                # its checkpoint was written).
+                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None)
 
     def log(self, name: str, step: int, values: dict[str, Any], prefix: str) -> None:
         if not self.active:
@@ -152,7 +156,10 @@ def _truncate_csv(path: Path, step: int) -> None:
         rows = list(csv.reader(f))
     if not rows:
         return
-    keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
+    # The final test runs after the last checkpoint: a resumed run redoes it, so its rows go too.
+    split = rows[0].index("split") if "split" in rows[0] else None
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= step
+                        and not (split is not None and len(r) > split and r[split] == "test")]
     with path.open("w", newline="") as f:
         csv.writer(f).writerows(keep)
 
@@ -169,6 +176,11 @@ def _autocast(device: torch.device, precision: str):
             raise ConfigError(f"train.precision = 'bf16' but {torch.cuda.get_device_name(device)} has no bf16")
         return None
     return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def _run_identity(d: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a resolved config that define a run: a resumed run must not change them."""
+    return {**{k: v for k, v in d.items() if k in _RUN_SECTIONS}, "train": {"seed": d["train"]["seed"]}}
 
 
 def _diff(a: Any, b: Any, path: str = "") -> list[str]:
@@ -202,11 +214,23 @@ def _train(cfg: RunConfig, resume: bool, info: distributed.DistInfo) -> Path:
                           "another train.output_dir")
     if cfg.dataset.train is None:
         raise ConfigError("dataset.train is required (an annotation file to train on)")
+    ck = load_checkpoint(ckpt_path) if resume else None
+    if info.is_main:
+        for p in remove_partial_files(out):
+            tqdm.write(f"removed {p.name}, left by a checkpoint write that was interrupted")
 
     # ---- data and model configs
     train_ann = read_split(cfg.dataset.train)
     model_config = cfg.model_config(**task_of(train_ann))
     data_config = cfg.data_config(model_config)
+    if cfg.auto_stats and "spectrogram" in data_config.modalities:
+        if ck is not None:  # measured when the run started
+            front_end = json.loads(ck["config"])["data"]["front_end"]
+            mean, std = front_end["mean"], front_end["std"]
+        else:
+            mean, std = _measure_stats(train_ann, data_config, tc, info)
+        data_config = dataclasses.replace(
+            data_config, front_end=dataclasses.replace(data_config.front_end, mean=mean, std=std))
     val_ann = read_split(cfg.dataset.val, train_ann.label_names) if cfg.dataset.val else None
     test_ann = read_split(cfg.dataset.test, train_ann.label_names) if cfg.dataset.test else None
     resolved = RunConfig.from_dict({**cfg.to_dict(), "model": model_config.to_dict(), "data": data_config.to_dict()})
@@ -225,6 +249,10 @@ def _train(cfg: RunConfig, resume: bool, info: distributed.DistInfo) -> Path:
     total = oc.max_steps or math.ceil(oc.epochs * steps_per_epoch)
     warmup = round(oc.warmup_epochs * steps_per_epoch)
     eval_every = round(tc.eval_every_epochs * steps_per_epoch) if tc.eval_every_epochs > 0 else 0
+    if warmup > total:
+        raise ConfigError(f"optim.warmup_epochs = {oc.warmup_epochs} is {warmup} steps, but the run has {total} steps"
+                          f" ({steps_per_epoch} per epoch): the learning rate would never reach optim.lr; lower "
+                          "optim.warmup_epochs")
 
     # ---- model, optimiser, schedule
     torch.manual_seed(tc.seed)  # the same initial weights on every process (DDP also broadcasts rank 0's)
@@ -241,17 +269,16 @@ def _train(cfg: RunConfig, resume: bool, info: distributed.DistInfo) -> Path:
     model.to(info.device).train()
     ddp: torch.nn.Module = model
     if info.distributed:
-        # A late-fusion bottleneck model never uses its bottleneck tokens.
-        unused = model_config.use_bottleneck and model_config.fusion_layer >= model_config.num_layers
+        # A bottleneck model with late fusion or a single modality never uses its bottleneck tokens.
+        unused = model_config.use_bottleneck and (model_config.fusion_layer >= model_config.num_layers
+                                                  or len(model_config.modality_fusion) == 1)
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device] if info.device.type == "cuda" else None, find_unused_parameters=unused)
     optimizer = make_optimizer(model, oc.name, oc.lr, oc.weight_decay, oc.momentum, oc.nesterov, oc.betas)
     scheduler = make_scheduler(optimizer, warmup, total)
     step = 0
     if resume:
-        ck = load_checkpoint(ckpt_path, map_location=info.device)
-        changed = _diff({k: v for k, v in json.loads(ck["config"]).items() if k in _RUN_SECTIONS},
-                        {k: v for k, v in resolved.to_dict().items() if k in _RUN_SECTIONS})
+        changed = _diff(_run_identity(json.loads(ck["config"])), _run_identity(resolved.to_dict()))
         if changed:
             raise ConfigError(f"--resume: the config differs from the checkpoint's in {changed}; resume with the "
                               f"run's own config ({out / 'config.yaml'}) or start a new train.output_dir")
@@ -260,6 +287,10 @@ def _train(cfg: RunConfig, resume: bool, info: distributed.DistInfo) -> Path:
         scheduler.load_state_dict(ck["scheduler"])
         step = int(ck["step"])
         set_rng_state(ck["rng"])
+        if int(ck.get("world_size", world)) != world and info.is_main:
+            tqdm.write(f"note: the checkpoint was written by {ck['world_size']} process(es), this run has {world}: "
+                       "the same clips make each step, but mixup and stochastic depth draw per process, so the run "
+                       "will not repeat an uninterrupted one exactly")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         resolved.to_yaml(out / "config.yaml")
@@ -319,15 +350,16 @@ def _train(cfg: RunConfig, resume: bool, info: distributed.DistInfo) -> Path:
                                                    "lr": lr, "grad_norm": stats["grad_norm"], "clips_per_s": rate,
                                                    "skipped": stats["skipped"]}, "train")
                 window_clips, window_start = 0, time.perf_counter()
-            if step % tc.checkpoint_every_steps == 0 or step == total:
-                if info.is_main:
-                    save_checkpoint(checkpoint_state(), out, step, tc.keep_checkpoints)
-                distributed.barrier(info)
+            # Validation before the checkpoint of the same step: a run killed in between redoes both.
             if val_ann is not None and ((eval_every and step % eval_every == 0) or step == total):
                 summary, _ = run_eval(val_ann, "val")
                 logger.log("eval_log.csv", step, {"split": "val", **summary}, "val")
                 if info.is_main:
                     tqdm.write(f"step {step}: val " + _brief(summary))
+            if step % tc.checkpoint_every_steps == 0 or step == total:
+                if info.is_main:
+                    save_checkpoint(checkpoint_state(), out, step, tc.keep_checkpoints)
+                distributed.barrier(info)
         if skips.skipped:
             tqdm.write(f"[rank {info.rank}] epoch {epoch}: {skips.summary()}")
         skips.reset()
@@ -347,6 +379,21 @@ def _train(cfg: RunConfig, resume: bool, info: distributed.DistInfo) -> Path:
                        f"{paths[0]} and {paths[1]}")
     logger.close()
     return model_dir
+
+
+def _measure_stats(ann: Annotations, data_config, tc, info: distributed.DistInfo) -> tuple[float, float]:
+    """data.front_end mean/std 'auto': measured by rank 0 on the first train.stats_max_clips training clips (the
+    middle window of each, as `mbt stats` does) and shared with the other processes."""
+    from ..data.stats import compute_stats
+
+    mean = std = 0.0
+    if info.is_main:
+        stats = compute_stats(ann, data_config, max_clips=tc.stats_max_clips, num_workers=tc.num_workers,
+                              progress=tc.progress)
+        mean, std = stats.mean, stats.std
+        tqdm.write(f"spectrogram statistics (data.front_end mean/std 'auto'): mean {mean:.6f}, std {std:.6f} over "
+                   f"{stats.num_clips} clips")
+    return distributed.all_reduce_sum(mean, info), distributed.all_reduce_sum(std, info)
 
 
 def _train_step(ddp: torch.nn.Module, model: MBT, group: list[dict[str, Any]], optimizer: torch.optim.Optimizer,
@@ -370,7 +417,7 @@ def _train_step(ddp: torch.nn.Module, model: MBT, group: list[dict[str, Any]], o
         with sync:
             if batch["size"] == 0:
                 if info.distributed and last:  # take part in the gradient all-reduce with a zero contribution
-                    inputs = {m: torch.zeros((0, *cfgm.input_shape(m)), device=info.device)
+                    inputs = {m: torch.zeros((1, *cfgm.input_shape(m)), device=info.device)
                               for m in cfgm.modality_fusion}
                     out = ddp(inputs)
                     (out.logits.sum() * 0.0).backward()
