@@ -226,8 +226,6 @@ def _run_eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import torch
-
     from .data.config import DataConfig
     from .engine import distributed
     from .engine.config import SplitConfig
@@ -257,7 +255,6 @@ def _run_eval(args: argparse.Namespace) -> int:
             print(json.dumps(json_ready({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}),
                              indent=2))
             print(f"wrote {metrics_path} and {per_class}", file=sys.stderr)
-        del torch
     finally:
         distributed.cleanup()
     return 0

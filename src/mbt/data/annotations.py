@@ -67,6 +67,11 @@ class Annotations:
     def num_classes(self) -> int:
         return len(self.label_names)
 
+    @property
+    def problem_type(self) -> str:
+        """'multi_head' (EPIC verb + noun), 'multi_label' or 'single_label' (MBTConfig.problem_type)."""
+        return "multi_head" if self.heads else ("multi_label" if self.multi_label else "single_label")
+
     def label_vector(self, record: Record) -> np.ndarray:
         """float32 (num_classes,): multi-hot (multi-label), one-hot (single-label) or one-hot per head."""
         v = np.zeros(self.num_classes, np.float32)

@@ -180,7 +180,7 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"model: unknown MBTConfig field(s) {unknown}; known: ['preset'] + {sorted(known)}")
         for key, value in task.items():
-            if key in fields and fields[key] is not None and _norm(fields[key]) != _norm(value):
+            if key in fields and fields[key] is not None and _plain(fields[key]) != _plain(value):
                 raise ConfigError(f"model.{key} = {fields[key]!r} but the training annotations give {value!r}; "
                                   f"remove model.{key} from the config (it is taken from the annotations)")
         fields.update(task)
@@ -376,10 +376,6 @@ def _plain(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
-
-
-def _norm(x: Any) -> Any:
-    return _plain(x)
 
 
 __all__ = ["RunConfig", "SplitConfig", "DatasetConfig", "InitConfig", "OptimConfig", "TrainConfig",

@@ -69,11 +69,16 @@ def cleanup() -> None:
 
 
 def all_reduce_sum(value: float, info: DistInfo) -> float:
+    return all_reduce_sums([value], info)[0]
+
+
+def all_reduce_sums(values: Sequence[float], info: DistInfo) -> list[float]:
+    """Sums over all processes of several numbers, in one collective."""
     if not info.distributed:
-        return value
-    t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device(info))
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device(info))
     dist.all_reduce(t)
-    return float(t.item())
+    return t.tolist()
 
 
 def is_main_process() -> bool:

@@ -172,7 +172,7 @@ def check_labels(config, annotations: Annotations) -> None:
                          f"class {diff} is {config.label_names[diff]!r}; pass the label list the model was trained "
                          "on (--labels)")
     if config.problem_type is not None:
-        kind = "multi_head" if annotations.heads else ("multi_label" if annotations.multi_label else "single_label")
+        kind = annotations.problem_type
         if kind != config.problem_type and not (config.problem_type == "multi_label" and kind == "single_label"):
             raise ValueError(f"{annotations.source}: a {kind} task, but the model was trained for "
                              f"{config.problem_type}")

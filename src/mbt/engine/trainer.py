@@ -76,8 +76,7 @@ def read_split(split: SplitConfig, label_names: list[str] | None = None) -> Anno
 
 def task_of(ann: Annotations) -> dict[str, Any]:
     """The model's task fields from the training annotations."""
-    problem = "multi_head" if ann.heads else ("multi_label" if ann.multi_label else "single_label")
-    return dict(num_classes=ann.num_classes, label_names=tuple(ann.label_names), problem_type=problem,
+    return dict(num_classes=ann.num_classes, label_names=tuple(ann.label_names), problem_type=ann.problem_type,
                 heads=dict(ann.heads) if ann.heads else None)
 
 
@@ -402,9 +401,9 @@ def _train_step(ddp: torch.nn.Module, model: MBT, group: list[dict[str, Any]], o
     """One optimiser step over this process's micro-batches `group`. Returns the step's mean loss over all
     processes, the clips used, the clips skipped and the gradient norm (before clipping)."""
     oc, cfgm = cfg.optim, model.config
-    local = sum(b["size"] for b in group)
-    valid = distributed.all_reduce_sum(local, info)
-    skipped = int(distributed.all_reduce_sum(sum(len(b["skipped"]) for b in group), info))
+    valid, skipped = distributed.all_reduce_sums(
+        [sum(b["size"] for b in group), sum(len(b["skipped"]) for b in group)], info)
+    skipped = int(skipped)
     optimizer.zero_grad(set_to_none=True)
     if valid == 0:  # every clip of the step was unreadable (on every process): nothing to learn from
         return {"loss": float("nan"), "clips": 0, "skipped": skipped, "grad_norm": float("nan")}

@@ -21,19 +21,37 @@ class CheckpointError(ValueError):
     """A weights file that cannot be read or does not fit the model. The message names the file and the key."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename it, so a crash never leaves half a file."""
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp_path)` to a temporary file in the same folder, flush it to disk and rename it to `path`, so a
+    crash (even SIGKILL) leaves the old file or the new one, never half a file. Temporary files are named
+    `.<name>.*.tmp`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself is on disk
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_model_dir(model: torch.nn.Module, directory: str | Path, data_config=None) -> Path:
@@ -44,11 +62,11 @@ def save_model_dir(model: torch.nn.Module, directory: str | Path, data_config=No
         raise CheckpointError(f"{directory}: exists and is not a folder; give a new or existing folder for the model")
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, lambda p: model.config.to_json_file(p))
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME, lambda p: model.config.to_json_file(p))
     if data_config is not None:
         data_config.check_model(model.config)
-        _atomic_write(directory / PREPROCESSOR_NAME, lambda p: data_config.save_file(p))
+        atomic_write(directory / PREPROCESSOR_NAME, lambda p: data_config.save_file(p))
     return directory
 
 
