@@ -82,3 +82,15 @@ def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch
 def random_inputs(config, batch: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {m: torch.randn((batch, *config.input_shape(m)), generator=g) for m in config.modality_fusion}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Caches (the AV-Digits speech bank) go to a session folder, not the user's ~/.cache."""
+    old = os.environ.get("MBT_CACHE_DIR")
+    os.environ["MBT_CACHE_DIR"] = str(tmp_path_factory.mktemp("mbt-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MBT_CACHE_DIR", None)
+    else:
+        os.environ["MBT_CACHE_DIR"] = old

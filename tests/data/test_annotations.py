@@ -155,3 +155,30 @@ def test_clip_bounds_rule():
     assert clip_bounds(Record("f", (0,)), duration=7.5) == (0.0, 7.5)
     assert clip_bounds(Record("f", (0,), 2.0, None), duration=7.5) == (2.0, 7.5)
     assert clip_bounds(Record("f", (0,), 30.0, 40.0), duration=39.8) == (30.0, 39.8)  # a few ms short: same clip
+
+
+def test_plain_csv_with_several_label_columns_is_multi_head(tmp_path):
+    """A header naming several label columns gives one head per column: class names 'head:value' (sorted within
+    a head), a label vector one-hot per head, a shared label space from the training names, and errors that name
+    the line for a value outside the given names or a short row."""
+    touch(tmp_path, "a.mp4", "b.mp4", "c.mp4")
+    (tmp_path / "tr.csv").write_text("path,shown,spoken,match\na.mp4,3,3,match\nb.mp4,1,7,mismatch\n"
+                                     "c.mp4,3,1,mismatch\n")
+    ann = read_csv(tmp_path / "tr.csv")
+    assert ann.heads == {"shown": 2, "spoken": 3, "match": 2} and ann.problem_type == "multi_head"
+    assert ann.label_names == ["shown:1", "shown:3", "spoken:1", "spoken:3", "spoken:7", "match:match",
+                               "match:mismatch"]
+    assert [r.labels for r in ann.records] == [(1, 3, 5), (0, 4, 6), (1, 2, 6)]
+    assert ann.label_vector(ann.records[1]).tolist() == [1, 0, 0, 0, 1, 0, 1]
+    (tmp_path / "te.csv").write_text("path,shown,spoken,match,start,end\na.mp4,1,1,match,0.5,1.5\n")
+    te = read_annotations(tmp_path / "te.csv", labels=ann.label_names)
+    assert te.heads == ann.heads and te.records[0].labels == (0, 2, 5)
+    assert (te.records[0].start, te.records[0].end) == (0.5, 1.5)
+    (tmp_path / "bad.csv").write_text("path,shown,spoken,match\na.mp4,9,1,match\n")
+    with pytest.raises(AnnotationError, match=r"bad.csv:2: shown '9' is not among the 2 shown classes"):
+        read_annotations(tmp_path / "bad.csv", labels=ann.label_names)
+    (tmp_path / "short.csv").write_text("path,shown,spoken,match\na.mp4,9,1\n")
+    with pytest.raises(AnnotationError, match=r"short.csv:2: 3 fields, the header has 4"):
+        read_csv(tmp_path / "short.csv")
+    with pytest.raises(AnnotationError, match=r"label name 'cat' is not 'head:value'"):
+        read_annotations(tmp_path / "tr.csv", labels=["cat"])

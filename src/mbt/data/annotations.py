@@ -19,6 +19,8 @@ Formats (`read_annotations(format=...)`, or 'auto' to detect from the file):
   kinetics  label,youtube_id,time_start,time_end,split[,is_cc]. Single-label.
   csv       path,label[,start,end]; several labels in one field separated by ';'; a header row is optional.
             Paths are relative to `video_dir` (or to the CSV's folder). Multi-label if any row has several labels.
+            A header with several label columns (path,shown,spoken,match) makes a multi-head task, one head per
+            column.
 """
 
 from __future__ import annotations
@@ -299,12 +301,21 @@ def read_kinetics(csv_path: str | Path, video_dir: str | Path, label_names: Sequ
 
 def read_csv(csv_path: str | Path, video_dir: str | Path | None = None, label_names: Sequence[str] | None = None,
              multi_label: bool | None = None) -> Annotations:
-    """A plain CSV: path,label[,start,end] (header optional; several labels joined by ';')."""
+    """A plain CSV: path,label[,start,end] (header optional; several labels joined by ';').
+
+    Multi-head: a header naming several label columns, e.g. `path,shown,spoken,match[,start,end]`, makes one
+    single-label head per column (in column order). Class names are 'head:value', values sorted within a head
+    (or `label_names` in that form, to share the training file's label space)."""
     path = Path(csv_path)
     rows = _rows(path)
+    header: list[str] | None = None
     if rows and (rows[0][1][0].lower() in HEADER_PATH_NAMES
                  or (len(rows[0][1]) > 1 and rows[0][1][1].lower() in ("label", "labels"))):
-        rows = rows[1:]  # a header row
+        header = [c.lower() for c in rows[0][1]]
+        rows = rows[1:]
+    label_cols = [i for i, c in enumerate(header or []) if i > 0 and c not in ("start", "end")]
+    if header and len(label_cols) > 1:
+        return _read_multihead_csv(path, header, label_cols, rows, video_dir, label_names)
     base = Path(video_dir) if video_dir is not None else path.parent
     parsed = []
     for n, row in rows:
@@ -331,6 +342,56 @@ def read_csv(csv_path: str | Path, video_dir: str | Path | None = None, label_na
     if multi_label is None:
         multi_label = any(len(p[2]) != 1 for p in parsed)
     return Annotations(records, names, multi_label, None, str(path), missing)
+
+
+def _read_multihead_csv(path: Path, header: list[str], label_cols: list[int], rows: list[tuple[int, list[str]]],
+                        video_dir: str | Path | None, label_names: Sequence[str] | None) -> Annotations:
+    heads = [header[i] for i in label_cols]
+    if len(set(heads)) != len(heads):
+        raise AnnotationError(f"{path}: the header names a label column twice ({', '.join(heads)})")
+    col = {c: i for i, c in enumerate(header)}
+    values: dict[str, list[str]]
+    if label_names is not None:
+        values = {h: [] for h in heads}
+        for name in label_names:
+            h, sep, v = name.partition(":")
+            if not sep or h not in values:
+                raise AnnotationError(f"{path}: label name {name!r} is not 'head:value' with a head among the "
+                                      f"file's label columns ({', '.join(heads)})")
+            values[h].append(v)
+        empty = [h for h in heads if not values[h]]
+        if empty:
+            raise AnnotationError(f"{path}: the label names give no class for column {empty[0]!r}")
+    else:
+        values = {h: sorted({row[i] for _, row in rows if i < len(row) and row[i]}) for h, i in zip(heads, label_cols)}
+    offsets, total = {}, 0
+    for h in heads:
+        offsets[h] = total
+        total += len(values[h])
+    index = {h: {v: offsets[h] + k for k, v in enumerate(values[h])} for h in heads}
+    base = Path(video_dir) if video_dir is not None else path.parent
+    records, missing = [], []
+    for n, row in rows:
+        if len(row) != len(header):
+            raise AnnotationError(f"{path}:{n}: {len(row)} fields, the header has {len(header)}")
+        lab = []
+        for h, i in zip(heads, label_cols):
+            if row[i] not in index[h]:
+                raise AnnotationError(f"{path}:{n}: {h} {row[i]!r} is not among the {len(values[h])} {h} classes "
+                                      f"({', '.join(values[h][:10])}{', ...' if len(values[h]) > 10 else ''})")
+            lab.append(index[h][row[i]])
+        start = _float(row[col["start"]], path, n, "start") if "start" in col and row[col["start"]] else None
+        end = _float(row[col["end"]], path, n, "end") if "end" in col and row[col["end"]] else None
+        if start is not None and end is not None and end <= start:
+            raise AnnotationError(f"{path}:{n}: end {end} is not after start {start}")
+        file = row[0]
+        full = file if os.path.isabs(file) else str(base / file)
+        if os.path.exists(full):
+            records.append(Record(full, tuple(lab), start, end, file))
+        else:
+            missing.append(file)
+    names = [f"{h}:{v}" for h in heads for v in values[h]]
+    return Annotations(records, names, False, {h: len(values[h]) for h in heads}, str(path), missing)
 
 
 # ---------------------------------------------------------------------------------------------------- dispatch

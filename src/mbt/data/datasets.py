@@ -17,6 +17,7 @@ on_error='raise' (the default for val/test) the MediaError, naming the file and 
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -73,10 +74,18 @@ class VideoDataset(Dataset):
         workers. Call `set_epoch` each epoch.
       decode_threads: FFmpeg threads per video decoder; None: FFmpeg's choice in the main process and 1 inside
         DataLoader workers, which already run in parallel.
+      cache: keep what is decoded from each file in memory and reuse it (small datasets read many times, such as
+        AV-Digits: decoding is then paid once). Frames are kept per request (the same windows and sizes come back
+        when the crop does not vary); audio as the whole clip, from which windows are cut by sample. Only the
+        process that reads keeps the cache: use it with DataLoader num_workers=0. Memory: about the decoded size
+        of every clip (uint8 frames, float32 audio). A dict instead of True is the store itself, keyed by file
+        path: datasets over the same files (a test set read with and without a modality, several runs in one
+        process) then share what was decoded.
     """
 
     def __init__(self, annotations: Annotations, config: DataConfig, split: str = "train",
-                 on_error: str | None = None, seed: int = 0, decode_threads: int | None = None) -> None:
+                 on_error: str | None = None, seed: int = 0, decode_threads: int | None = None,
+                 cache: bool | dict = False) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         on_error = on_error or ("skip" if split == "train" else "raise")
@@ -84,6 +93,7 @@ class VideoDataset(Dataset):
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.annotations, self.config, self.split, self.on_error = annotations, config, split, on_error
         self.seed, self.epoch, self.decode_threads = seed, 0, decode_threads
+        self.cache: dict[str, _MemoReader] | None = cache if isinstance(cache, dict) else ({} if cache else None)
         self.front_end = AudioFrontEnd(config.front_end)
         self.video_transform = VideoTransform(config.crop_size, train=split == "train", augment=config.augment,
                                               min_resize=config.min_resize)
@@ -114,7 +124,13 @@ class VideoDataset(Dataset):
         threads = self.decode_threads
         if threads is None:
             threads = 1 if torch.utils.data.get_worker_info() is not None else 0
-        with MediaReader(record.path, threads=threads) as reader:
+        if self.cache is not None:
+            if record.path not in self.cache:
+                self.cache[record.path] = _MemoReader(record.path, threads)
+            reader_cm: Any = contextlib.nullcontext(self.cache[record.path])
+        else:
+            reader_cm = MediaReader(record.path, threads=threads)
+        with reader_cm as reader:
             info = reader.info
             start, end = clip_bounds(record, info.duration)
             has = {"rgb": info.video is not None, "spectrogram": info.audio is not None}
@@ -191,6 +207,41 @@ class VideoDataset(Dataset):
             spec = spec_augment(spec, a.freq_mask_count, a.freq_mask_max_bins, a.time_mask_count,
                                 a.time_mask_max_frames, generator=g)
         return spec
+
+
+class _MemoReader:
+    """A MediaReader whose results stay in memory (VideoDataset(cache=True)). The file is opened on first use and
+    closed after each read; frames are kept per request, audio as the whole stream at the requested rate."""
+
+    def __init__(self, path: str, threads: int) -> None:
+        self.path, self.threads = path, threads
+        with MediaReader(path, threads=threads) as reader:
+            self.info = reader.info
+        self._frames: dict[tuple, np.ndarray] = {}
+        self._audio: tuple[int, np.ndarray] | None = None
+
+    def frames(self, times: Sequence[float], size: tuple[int, int] | None = None,
+               crop: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        key = (tuple(float(t) for t in times), size, crop)
+        if key not in self._frames:
+            with MediaReader(self.path, threads=self.threads) as reader:
+                self._frames[key] = reader.frames(times, size=size, crop=crop)
+        return self._frames[key]
+
+    def audio(self, start: float, end: float, sample_rate: int = 16000) -> np.ndarray:
+        a = self.info.audio
+        if a is None:
+            raise MediaError(self.path, "no audio stream")
+        if self._audio is None or self._audio[0] != sample_rate:
+            with MediaReader(self.path, threads=self.threads) as reader:
+                self._audio = sample_rate, reader.audio(0.0, a.start + a.duration, sample_rate)
+        wave = self._audio[1]
+        i0, n = int(round(start * sample_rate)), int(round((end - start) * sample_rate))
+        out = np.zeros(max(n, 0), np.float32)
+        lo, hi = max(i0, 0), min(i0 + n, len(wave))
+        if hi > lo:
+            out[lo - i0:hi - i0] = wave[lo:hi]
+        return out
 
 
 def _stream(modality: str) -> str:

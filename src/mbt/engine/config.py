@@ -130,6 +130,10 @@ class TrainConfig:
     activation_checkpointing: bool = False
     num_workers: int = 4
     """DataLoader worker processes per training process."""
+    cache_decoded: bool = False
+    """Keep every decoded clip in memory and decode each file once (small datasets such as AV-Digits, read for many
+    epochs). Needs num_workers: 0 (workers start afresh each epoch and would lose it); memory is about the decoded
+    size of the training, validation and test clips."""
     eval_batch_size: int | None = None
     """Videos per evaluation batch per process (default: the training micro-batch)."""
     clips_per_forward: int = 8
@@ -141,9 +145,9 @@ class TrainConfig:
     log_every_steps: int = 10
     tensorboard: bool = True
     progress: bool = True
+    """A tqdm progress bar (rank 0)."""
     stats_max_clips: int = 500
     """With data.front_end mean/std 'auto': the training clips (the first N) the statistics are measured on."""
-    """A tqdm progress bar (rank 0)."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -154,6 +158,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} = {getattr(self, name)!r}: must be an integer >= 1")
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers = {self.num_workers!r}: must be >= 0")
+        if self.cache_decoded and self.num_workers:
+            raise ConfigError(f"train.cache_decoded needs train.num_workers = 0 (got {self.num_workers}): DataLoader "
+                              "workers start afresh each epoch and would lose the cache")
         if self.eval_every_epochs < 0:
             raise ConfigError(f"train.eval_every_epochs = {self.eval_every_epochs!r}: must be >= 0 (0: at the end)")
 

@@ -144,10 +144,12 @@ def write_results(out_dir: str | Path, summary: dict[str, Any], rows: list[dict[
 def evaluate_dataset(model: MBT, annotations: Annotations, data_config: DataConfig, device: torch.device,
                      split: str = "test", batch_size: int = 4, num_workers: int = 0, clips_per_forward: int = 8,
                      on_error: str = "skip", info: distributed.DistInfo | None = None, autocast=None,
-                     progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Metrics of `model` on `annotations` ('val': the middle clip; 'test': data_config.num_test_clips clips)."""
+                     progress: bool = True, cache: dict | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics of `model` on `annotations` ('val': the middle clip; 'test': data_config.num_test_clips clips).
+    `cache`: a VideoDataset cache (dict) that keeps decoded clips between calls (needs num_workers=0)."""
     check_labels(model.config, annotations)
-    dataset = VideoDataset(annotations, data_config, split=split, on_error=on_error)
+    dataset = VideoDataset(annotations, data_config, split=split, on_error=on_error,
+                           cache=cache if cache is not None else False)
     logits, labels, _, report = predict_dataset(model, dataset, device, batch_size, num_workers, clips_per_forward,
                                                 info, autocast, progress, desc=split)
     info = info or distributed.DistInfo(device=device)

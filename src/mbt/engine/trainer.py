@@ -191,17 +191,18 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path]
 
 
-def train(cfg: RunConfig, resume: bool = False) -> Path:
+def train(cfg: RunConfig, resume: bool = False, cache: dict | None = None) -> Path:
     """Train as configured; returns the final model directory. With `resume`, continue from the newest
-    checkpoint in train.output_dir."""
+    checkpoint in train.output_dir. With train.cache_decoded, `cache` (a dict, see VideoDataset) keeps the decoded
+    clips for the caller: several runs on the same files in one process then decode them once."""
     info = distributed.setup(cfg.train.device)
     try:
-        return _train(cfg, resume, info)
+        return _train(cfg, resume, info, cache)
     finally:
         distributed.cleanup()
 
 
-def _train(cfg: RunConfig, resume: bool, info: distributed.DistInfo) -> Path:
+def _train(cfg: RunConfig, resume: bool, info: distributed.DistInfo, cache: dict | None = None) -> Path:
     tc, oc = cfg.train, cfg.optim
     out = Path(tc.output_dir)
     ckpt_path = latest_checkpoint(out)
@@ -300,7 +301,11 @@ def _train(cfg: RunConfig, resume: bool, info: distributed.DistInfo) -> Path:
     distributed.barrier(info)
 
     autocast = _autocast(info.device, tc.precision)
-    dataset = VideoDataset(train_ann, data_config, split="train", seed=tc.seed)
+    if tc.cache_decoded and cache is None:
+        cache = {}
+    cache = cache if tc.cache_decoded else None
+    dataset = VideoDataset(train_ann, data_config, split="train", seed=tc.seed,
+                           cache=cache if cache is not None else False)
     logger = RunLogger(out, info.is_main, tc.tensorboard, step)
     skips = SkipReport()
     alpha = data_config.augment.mixup_alpha if data_config.augment else 0.0
@@ -319,7 +324,7 @@ def _train(cfg: RunConfig, resume: bool, info: distributed.DistInfo) -> Path:
         return evaluate_dataset(model, ann, data_config, info.device, split=split,
                                 batch_size=tc.eval_batch_size or micro, num_workers=tc.num_workers,
                                 clips_per_forward=tc.clips_per_forward, on_error="skip", info=info,
-                                autocast=autocast, progress=tc.progress)
+                                autocast=autocast, progress=tc.progress, cache=cache)
 
     while step < total:
         epoch, start = divmod(step, steps_per_epoch)

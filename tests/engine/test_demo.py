@@ -1,0 +1,136 @@
+"""`mbt data avdigits` and `mbt demo` through the CLI, the decoded-clip cache, and the FLOP count of the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mbt import MBTConfig
+from mbt.data import DataConfig, VideoDataset, read_annotations
+from mbt.data import datasets as datasets_module
+from mbt.data.avdigits import AVDigitsConfig, generate
+from mbt.engine.config import ConfigError, RunConfig
+from mbt.engine.demo import TINY_MODEL, avdigits_run_config, flop_count
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "mbt", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk, after checking the signature."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("avd")
+    generate(AVDigitsConfig(train_clips=12, test_clips=6, seed=4), root, workers=1, progress=False)
+    return root
+
+
+def test_data_avdigits_cli(tmp_path):
+    """The CLI writes the dataset and says where; a second call on a non-empty foreign folder fails in one line."""
+    r = run_cli("data", "avdigits", "out", "--mode", "pair", "--train-clips", "4", "--test-clips", "2", "--quiet",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "AV-Digits (pair) in out: 4 train clips" in r.stdout
+    assert (tmp_path / "out" / "train.csv").read_text().splitlines()[0] == "path,shown,spoken,match"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    r = run_cli("data", "avdigits", "other", "--train-clips", "2", "--test-clips", "0", "--quiet", cwd=tmp_path)
+    assert r.returncode == 1 and "is not empty and holds no AV-Digits dataset" in r.stderr
+    assert "Traceback" not in r.stderr and (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_cache_gives_the_same_samples_and_decodes_each_file_once(small_set, monkeypatch):
+    """VideoDataset(cache=...) returns the samples of the uncached dataset (frames exactly; audio cut from the
+    whole decoded clip, equal within resampler edge effects) and opens each file only on its first read; a
+    shared dict serves a second dataset over the same files without decoding."""
+    cfg = avdigits_run_config(small_set, "unused", model=TINY_MODEL, spec_stats=(-5.0, 3.0))
+    mc = cfg.model_config(num_classes=10)
+    dc = cfg.data_config(mc)
+    ann = read_annotations(small_set / "train.csv")
+    plain = VideoDataset(ann, dc, split="val")
+    opened = []
+    real = datasets_module.MediaReader
+
+    class Counting(real):
+        def __init__(self, path, threads=0):
+            opened.append(path)
+            super().__init__(path, threads)
+
+    monkeypatch.setattr(datasets_module, "MediaReader", Counting)
+    store: dict = {}
+    cached = VideoDataset(ann, dc, split="val", cache=store)
+    for epoch in range(2):
+        for i in range(len(ann.records)):
+            a, b = plain[i], cached[i]
+            assert torch.equal(a["rgb"], b["rgb"])
+            assert torch.allclose(a["spectrogram"], b["spectrogram"], atol=1e-3)
+            assert (a["spectrogram"] - b["spectrogram"]).abs().mean() < 1e-4
+    n = len(ann.records)
+    # plain: one open per read (2 epochs); cached: probe + frames + audio on the first read only.
+    assert len([p for p in opened]) == 2 * n + 3 * n
+    opened.clear()
+    other = VideoDataset(ann, DataConfig.from_dict({**dc.to_dict(), "modalities": ["rgb"]}), split="val",
+                         cache=store)
+    other[0]
+    assert opened == []
+
+
+def test_cache_needs_the_main_process():
+    with pytest.raises(ConfigError, match="train.cache_decoded needs train.num_workers = 0"):
+        RunConfig.from_dict({"train": {"cache_decoded": True, "num_workers": 2}})
+
+
+def test_flop_count_matches_closed_form():
+    """FlopCounterMode's count of a tiny rgb-only MBT equals the hand count of its matmuls (2 per multiply-add):
+    tubelet embedding, per layer qkv / attention / output / MLP, and the head."""
+    cfg = MBTConfig(modality_fusion=("rgb",), hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, num_classes=10,
+                    fusion_layer=2, use_bottleneck=False, classifier="gap", num_frames=4, image_size=(32, 32),
+                    rgb_patch_size=(2, 16, 16), spectrogram_shape=(96, 32), spectrogram_patch_size=(16, 16))
+    d, m, n = 32, 64, 2 * 2 * 2  # tokens: 2 x 2 x 2 tubelets (gap: no CLS token)
+    embed = n * (3 * 2 * 16 * 16) * d
+    layer = n * d * 3 * d + 2 * n * n * d + n * d * d + 2 * n * d * m
+    head = d * 10
+    got = flop_count(cfg)
+    assert got["gmacs"] * 1e9 == pytest.approx(embed + 2 * layer + head)
+    assert got["gflops"] == pytest.approx(2 * got["gmacs"])
+
+
+def test_demo_tiny_runs_through_the_cli(tmp_path):
+    """`mbt demo` in a tiny setting: generates the data, trains the three models, evaluates the fusion model with
+    each stream removed, writes report.md, two PNG plots and results.json, and prints where the report is; a
+    second call reuses everything."""
+    r = run_cli("demo", "--out", "d", "--tiny", "--train-clips", "48", "--test-clips", "16", "--epochs", "1",
+                "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "d"
+    assert f"the report is {Path('d') / 'report.md'}" in r.stdout + r.stderr
+    report = (out / "report.md").read_text()
+    assert "| mbt | audio+video |" in report and "| video | video |" in report and "| audio | audio |" in report
+    for name in ("accuracy.png", "missing_modality.png"):
+        w, h = png_size(out / name)
+        assert w > 300 and h > 200
+    results = json.loads((out / "results.json").read_text())["runs"]
+    assert set(results) == {"mbt", "video", "audio"}
+    assert set(results["mbt"]["results"]) == {"audio+video", "audio", "video"}
+    for row in results.values():
+        for acc in row["results"].values():
+            assert 0.0 <= acc["top1"] <= 1.0
+    assert results["mbt"]["gflops"] > results["video"]["gflops"] > 0
+    again = run_cli("demo", "--out", "d", "--tiny", "--train-clips", "48", "--test-clips", "16", "--epochs", "1",
+                    "--quiet", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("reusing the finished run") == 3
