@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from mbt.data import DataConfig, VideoDataset, make_loader, read_csv
-from mbt.data.decode import MediaReader
 from mbt.data.sampling import num_units, train_offsets
 from mbt.data.synthetic import tone_schedule, write_media
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from mbt.data import DataConfig, MediaReader, SkipReport, Skipped, VideoDataset, make_loader, read_csv
 from mbt.data.synthetic import frame_index, tone_schedule, write_media

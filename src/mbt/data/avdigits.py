@@ -70,11 +70,11 @@ class AVDigitsConfig:
     # video difficulty
     texture: float = 0.5
     distractors: int = 2
-    occluder: float = 0.6
-    blur: float = 2.0
-    noise: float = 0.1
+    occluder: float = 0.5
+    blur: float = 1.5
+    noise: float = 0.08
     # audio difficulty
-    snr_db: tuple[float, float] = (-10.0, 10.0)
+    snr_db: tuple[float, float] = (-5.0, 15.0)
     babble: int = 1
     audio_background: bool = True
     # speech

@@ -53,7 +53,7 @@ STREAM = {"spectrogram": "audio", "rgb": "video"}
 
 
 def avdigits_run_config(data_dir: str | Path, output_dir: str | Path, model: dict[str, Any] | None = None,
-                        epochs: float = 20, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
+                        epochs: float = 15, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
                         spec_stats: tuple[float, float] | None = None, progress: bool = True) -> RunConfig:
     """The run config for an AV-Digits folder: the model (default DEMO_MODEL), AdamW with warm-up and cosine,
     the whole 2 s clip as the window (8 frames at 4 fps, 192 log-mel frames), no flips (digits are not symmetric),
@@ -157,7 +157,7 @@ def machine() -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- the demo
-def run_demo(out: str | Path = "mbt-demo", train_clips: int = 2000, test_clips: int = 500, epochs: float = 20,
+def run_demo(out: str | Path = "mbt-demo", train_clips: int = 2000, test_clips: int = 500, epochs: float = 15,
              seed: int = 0, tiny: bool = False, workers: int | None = None, progress: bool = True) -> Path:
     """Generate (or reuse) AV-Digits in <out>/data, train the three models in <out>/runs, write <out>/report.md.
     Returns the report's path."""
@@ -167,7 +167,8 @@ def run_demo(out: str | Path = "mbt-demo", train_clips: int = 2000, test_clips: 
     say = tqdm.write
     data_cfg = avdigits.AVDigitsConfig(mode="same", train_clips=train_clips, test_clips=test_clips, seed=seed)
     say(f"[1/5] AV-Digits ({train_clips} train + {test_clips} test clips) in {out / 'data'}")
-    avdigits.generate(data_cfg, out / "data", workers=workers, progress=progress)
+    # The demo's own data folder: a dataset made with other settings (another --train-clips) is replaced.
+    avdigits.generate(data_cfg, out / "data", workers=workers, progress=progress, overwrite=True)
     say("[2/5] spectrogram statistics")
     stats = spectrogram_stats(out / "data", model, progress=progress)
     train_cache: dict = {}
@@ -179,16 +180,18 @@ def run_demo(out: str | Path = "mbt-demo", train_clips: int = 2000, test_clips: 
             f"into {run_dir}")
         cfg = avdigits_run_config(out / "data", run_dir, model={**model, **change}, epochs=epochs, seed=seed,
                                   spec_stats=stats, progress=progress)
-        if run_dir.exists():  # a finished run from an earlier call is reused; an unfinished one restarted
-            if (run_dir / "model" / "config.json").is_file() and (run_dir / "demo_row.json").is_file():
-                rows[name] = json.loads((run_dir / "demo_row.json").read_text())
+        key = json.dumps({"data": data_cfg.to_dict(), "run": cfg.to_dict()}, sort_keys=True)
+        row_file = run_dir / "demo_row.json"
+        if run_dir.exists():  # a finished run of the same settings is reused; anything else is redone
+            if row_file.is_file() and json.loads(row_file.read_text()).get("key") == key:
+                rows[name] = json.loads(row_file.read_text())
                 say(f"      reusing the finished run in {run_dir}")
                 continue
             import shutil
 
             shutil.rmtree(run_dir)
-        rows[name] = train_and_evaluate(cfg, train_cache, test_cache, progress=progress)
-        (run_dir / "demo_row.json").write_text(json.dumps(rows[name], indent=2) + "\n")
+        rows[name] = {**train_and_evaluate(cfg, train_cache, test_cache, progress=progress), "key": key}
+        row_file.write_text(json.dumps(rows[name], indent=2) + "\n")
     seconds = time.perf_counter() - t_start
     report = write_report(out, rows, {"data": data_cfg.to_dict(), "epochs": epochs, "seed": seed,
                                       "model": model, "seconds": seconds, "machine": machine(),

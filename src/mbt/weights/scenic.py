@@ -19,13 +19,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import msgpack
 import numpy as np
 import torch
 
-from ..models.config import MODALITIES, ConfigError, MBTConfig
+from ..models.config import ConfigError, MBTConfig
 from .io import CheckpointError, mismatch_message
 
 # ---------------------------------------------------------------------------------------------------- layout
