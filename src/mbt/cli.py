@@ -316,10 +316,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 def _run_data_avdigits(args: argparse.Namespace) -> int:
     from .data.avdigits import AVDigitsConfig, generate
 
-    cfg = AVDigitsConfig(mode=args.mode, train_clips=args.train_clips, test_clips=args.test_clips, seed=args.seed,
-                         texture=args.texture, distractors=args.distractors, occluder=args.occluder, blur=args.blur,
-                         noise=args.noise, snr_db=tuple(args.snr_db), babble=args.babble,
-                         audio_background=args.audio_background, match_rate=args.match_rate)
+    # Every option of the command is the config field of the same name.
+    cfg = AVDigitsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AVDigitsConfig)
+                            if hasattr(args, f.name)})
     manifest = generate(cfg, args.out_dir, workers=args.workers, progress=not args.quiet, overwrite=args.overwrite)
     c = manifest["counts"]
     print(f"AV-Digits ({cfg.mode}) in {args.out_dir}: {c['train']} train clips (train.csv), {c['test']} test clips "

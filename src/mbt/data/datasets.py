@@ -17,7 +17,6 @@ on_error='raise' (the default for val/test) the MediaError, naming the file and 
 from __future__ import annotations
 
 import collections
-import contextlib
 import gc
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -79,13 +78,13 @@ class VideoDataset(Dataset):
         when the crop does not vary); audio as the whole clip, from which windows are cut by sample. Only the
         process that reads keeps the cache: use it with DataLoader num_workers=0. Memory: about the decoded size
         of every clip (uint8 frames, float32 audio). A dict instead of True is the store itself, keyed by file
-        path: datasets over the same files (a test set read with and without a modality, several runs in one
+        path (None or False: no cache): datasets over the same files (a test set read with and without a modality, several runs in one
         process) then share what was decoded.
     """
 
     def __init__(self, annotations: Annotations, config: DataConfig, split: str = "train",
                  on_error: str | None = None, seed: int = 0, decode_threads: int | None = None,
-                 cache: bool | dict = False) -> None:
+                 cache: bool | dict | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         on_error = on_error or ("skip" if split == "train" else "raise")
@@ -127,10 +126,10 @@ class VideoDataset(Dataset):
         if self.cache is not None:
             if record.path not in self.cache:
                 self.cache[record.path] = _MemoReader(record.path, threads)
-            reader_cm: Any = contextlib.nullcontext(self.cache[record.path])
+            reader: MediaReader | _MemoReader = self.cache[record.path]
         else:
-            reader_cm = MediaReader(record.path, threads=threads)
-        with reader_cm as reader:
+            reader = MediaReader(record.path, threads=threads)
+        with reader:
             info = reader.info
             start, end = clip_bounds(record, info.duration)
             has = {"rgb": info.video is not None, "spectrogram": info.audio is not None}
@@ -210,22 +209,36 @@ class VideoDataset(Dataset):
 
 
 class _MemoReader:
-    """A MediaReader whose results stay in memory (VideoDataset(cache=True)). The file is opened on first use and
-    closed after each read; frames are kept per request, audio as the whole stream at the requested rate."""
+    """A MediaReader whose results stay in memory (VideoDataset(cache=...)). Used as a context manager per read:
+    the file is opened at most once per read, only when something is not in memory yet (the first read reuses
+    the reader that probed it), and closed at the end of the read. Frames are kept per request, audio as the
+    whole stream at the requested rate."""
 
     def __init__(self, path: str, threads: int) -> None:
         self.path, self.threads = path, threads
-        with MediaReader(path, threads=threads) as reader:
-            self.info = reader.info
+        self._reader: MediaReader | None = MediaReader(path, threads=threads)  # open for the first read
+        self.info = self._reader.info
         self._frames: dict[tuple, np.ndarray] = {}
         self._audio: tuple[int, np.ndarray] | None = None
+
+    def __enter__(self) -> "_MemoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _open(self) -> MediaReader:
+        if self._reader is None:
+            self._reader = MediaReader(self.path, threads=self.threads)
+        return self._reader
 
     def frames(self, times: Sequence[float], size: tuple[int, int] | None = None,
                crop: tuple[int, int, int, int] | None = None) -> np.ndarray:
         key = (tuple(float(t) for t in times), size, crop)
         if key not in self._frames:
-            with MediaReader(self.path, threads=self.threads) as reader:
-                self._frames[key] = reader.frames(times, size=size, crop=crop)
+            self._frames[key] = self._open().frames(times, size=size, crop=crop)
         return self._frames[key]
 
     def audio(self, start: float, end: float, sample_rate: int = 16000) -> np.ndarray:
@@ -233,8 +246,7 @@ class _MemoReader:
         if a is None:
             raise MediaError(self.path, "no audio stream")
         if self._audio is None or self._audio[0] != sample_rate:
-            with MediaReader(self.path, threads=self.threads) as reader:
-                self._audio = sample_rate, reader.audio(0.0, a.start + a.duration, sample_rate)
+            self._audio = sample_rate, self._open().audio(0.0, a.start + a.duration, sample_rate)
         wave = self._audio[1]
         i0, n = int(round(start * sample_rate)), int(round((end - start) * sample_rate))
         out = np.zeros(max(n, 0), np.float32)

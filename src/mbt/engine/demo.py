@@ -204,31 +204,37 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def write_report(out: Path, rows: dict[str, dict[str, Any]], meta: dict[str, Any]) -> Path:
-    """report.md with the results table and PNG plots, and results.json with every number."""
+def _bar_plot(path: Path, labels: list[str], values: list[float], colours: list[str], title: str,
+              size: tuple[float, float], fontsize: float | None = None) -> None:
+    """A labelled bar chart of accuracies (%) written as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=size)
+    bars = ax.bar(range(len(values)), values, color=colours)
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set_xticks(range(len(values)), labels, fontsize=fontsize)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(out: Path, rows: dict[str, dict[str, Any]], meta: dict[str, Any]) -> Path:
+    """report.md with the results table and PNG plots, and results.json with every number."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n")
     conditions = ["audio+video", "video", "audio"]
     acc = {name: {c: r["results"].get(c, {}).get("top1") for c in conditions} for name, r in rows.items()}
     full = {name: r["results"][r["modalities"]]["top1"] for name, r in rows.items()}
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
     names = list(rows)
-    bars = ax.bar(names, [100 * full[n] for n in names], color=["#4C72B0", "#55A868", "#C44E52"][: len(names)])
-    ax.bar_label(bars, fmt="%.1f")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title("AV-Digits (same): accuracy per model")
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    _bar_plot(out / "accuracy.png", names, [100 * full[n] for n in names],
+              ["#4C72B0", "#55A868", "#C44E52"][: len(names)], "AV-Digits (same): accuracy per model", (5, 3.2))
     labels, values, colours = [], [], []
     for name, colour in (("mbt", "#4C72B0"), ("video", "#55A868"), ("audio", "#C44E52")):
         for c in conditions:
@@ -236,15 +242,8 @@ def write_report(out: Path, rows: dict[str, dict[str, Any]], meta: dict[str, Any
                 labels.append(f"{name}\n{c}")
                 values.append(100 * acc[name][c])
                 colours.append(colour)
-    bars = ax.bar(range(len(values)), values, color=colours)
-    ax.bar_label(bars, fmt="%.1f")
-    ax.set_xticks(range(len(values)), labels, fontsize=8)
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title("Streams given at test time")
-    fig.tight_layout()
-    fig.savefig(out / "missing_modality.png", dpi=120)
-    plt.close(fig)
+    _bar_plot(out / "missing_modality.png", labels, values, colours, "Streams given at test time", (6, 3.2),
+              fontsize=8)
 
     d = meta["data"]
     m = meta["model"]

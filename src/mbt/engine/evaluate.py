@@ -148,8 +148,7 @@ def evaluate_dataset(model: MBT, annotations: Annotations, data_config: DataConf
     """Metrics of `model` on `annotations` ('val': the middle clip; 'test': data_config.num_test_clips clips).
     `cache`: a VideoDataset cache (dict) that keeps decoded clips between calls (needs num_workers=0)."""
     check_labels(model.config, annotations)
-    dataset = VideoDataset(annotations, data_config, split=split, on_error=on_error,
-                           cache=cache if cache is not None else False)
+    dataset = VideoDataset(annotations, data_config, split=split, on_error=on_error, cache=cache)
     logits, labels, _, report = predict_dataset(model, dataset, device, batch_size, num_workers, clips_per_forward,
                                                 info, autocast, progress, desc=split)
     info = info or distributed.DistInfo(device=device)

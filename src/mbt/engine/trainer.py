@@ -301,11 +301,8 @@ def _train(cfg: RunConfig, resume: bool, info: distributed.DistInfo, cache: dict
     distributed.barrier(info)
 
     autocast = _autocast(info.device, tc.precision)
-    if tc.cache_decoded and cache is None:
-        cache = {}
-    cache = cache if tc.cache_decoded else None
-    dataset = VideoDataset(train_ann, data_config, split="train", seed=tc.seed,
-                           cache=cache if cache is not None else False)
+    cache = (cache if cache is not None else {}) if tc.cache_decoded else None
+    dataset = VideoDataset(train_ann, data_config, split="train", seed=tc.seed, cache=cache)
     logger = RunLogger(out, info.is_main, tc.tensorboard, step)
     skips = SkipReport()
     alpha = data_config.augment.mixup_alpha if data_config.augment else 0.0
