@@ -337,9 +337,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
             "cores; run again to reuse finished parts."),
         epilog="examples:\n  mbt demo\n  mbt demo --out my-demo --epochs 30\n")
     p.add_argument("--out", default="mbt-demo", help="output folder (default: mbt-demo)")
-    p.add_argument("--train-clips", type=int, default=2000, help="default: 2000")
-    p.add_argument("--test-clips", type=int, default=500, help="default: 500")
-    p.add_argument("--epochs", type=float, default=15, help="default: 15")
+    p.add_argument("--train-clips", type=int, default=3000, help="default: 3000")
+    p.add_argument("--test-clips", type=int, default=1000, help="default: 1000")
+    p.add_argument("--epochs", type=float, default=20, help="default: 20")
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default: 0)")
     p.add_argument("--workers", type=int, default=None, help="processes that generate the clips (default: all cores)")
     p.add_argument("--tiny", action="store_true", help="a 2-layer width-32 model (a smoke test, not a result)")

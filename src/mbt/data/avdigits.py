@@ -68,13 +68,13 @@ class AVDigitsConfig:
     digit_size: tuple[int, int] = (32, 44)
     sample_rate: int = 22050  # eSpeak NG's own rate; the data pipeline resamples to its front end's rate
     # video difficulty
-    texture: float = 0.5
-    distractors: int = 2
-    occluder: float = 0.5
-    blur: float = 1.5
-    noise: float = 0.08
+    texture: float = 0.2
+    distractors: int = 0
+    occluder: float = 0.3
+    blur: float = 0.8
+    noise: float = 0.04
     # audio difficulty
-    snr_db: tuple[float, float] = (-5.0, 15.0)
+    snr_db: tuple[float, float] = (5.0, 20.0)
     babble: int = 1
     audio_background: bool = True
     # speech

@@ -53,7 +53,7 @@ STREAM = {"spectrogram": "audio", "rgb": "video"}
 
 
 def avdigits_run_config(data_dir: str | Path, output_dir: str | Path, model: dict[str, Any] | None = None,
-                        epochs: float = 15, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
+                        epochs: float = 20, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
                         spec_stats: tuple[float, float] | None = None, progress: bool = True) -> RunConfig:
     """The run config for an AV-Digits folder: the model (default DEMO_MODEL), AdamW with warm-up and cosine,
     the whole 2 s clip as the window (8 frames at 4 fps, 192 log-mel frames), no flips (digits are not symmetric),
@@ -157,7 +157,7 @@ def machine() -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- the demo
-def run_demo(out: str | Path = "mbt-demo", train_clips: int = 2000, test_clips: int = 500, epochs: float = 15,
+def run_demo(out: str | Path = "mbt-demo", train_clips: int = 3000, test_clips: int = 1000, epochs: float = 20,
              seed: int = 0, tiny: bool = False, workers: int | None = None, progress: bool = True) -> Path:
     """Generate (or reuse) AV-Digits in <out>/data, train the three models in <out>/runs, write <out>/report.md.
     Returns the report's path."""
