@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
@@ -355,8 +356,204 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", formatter_class=_Formatter, help="top-k labels for your own video files or folders",
+        description=(
+            "Predict the top-k labels of each video with a model directory (config.json, model.safetensors, "
+            "preprocessor_config.json). Folders are searched recursively for video files. The raw logits of "
+            "--clips clips spread over each video are averaged; scores are softmax (single-label), sigmoid "
+            "(multi-label) or a softmax per head (EPIC verb/noun). A video without an audio track is predicted "
+            "from its frames (the table says so); a file that cannot be read is reported and skipped."),
+        epilog=("examples:\n"
+                "  mbt predict mbt-demo/runs/mbt/model mbt-demo/data/test/test_00000.mp4\n"
+                "  mbt predict runs/as/model my_videos/ --clips 4 --top-k 3 --output predictions.json\n"))
+    p.add_argument("model_dir", help="model directory")
+    p.add_argument("videos", nargs="+", help="video files or folders")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="labels per video (per head) (default: 5)")
+    p.add_argument("--clips", type=_positive_int, default=1, help="clips per video, logits averaged (default: 1)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="videos per batch (default: 8)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    p.add_argument("--output", default=None, help="also write the predictions to a .json or .csv file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .analysis.predict import format_table, predict_files, write_predictions
+    from .data.config import DataConfig
+    from .models.mbt import MBT
+
+    if args.output and Path(args.output).suffix.lower() not in (".json", ".csv"):
+        raise ValueError(f"--output {args.output}: use a .json or .csv file name")
+    model = MBT.from_pretrained(args.model_dir, map_location=args.device)
+    data_config = DataConfig.from_pretrained(args.model_dir)
+    preds, report = predict_files(model, args.videos, data_config, clips=args.clips, k=args.top_k,
+                                  batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                                  progress=not args.quiet)
+    for s in report.skipped:
+        print(f"mbt predict: skipped {s.path}: {s.reason}", file=sys.stderr)
+    if preds:
+        print(format_table(preds, model.config.modality_fusion))
+    if args.output:
+        print(f"wrote {write_predictions(preds, args.output)}", file=sys.stderr)
+    return 0 if preds else 1
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain", formatter_class=_Formatter, help="attention-rollout heat maps of one video",
+        description=(
+            "Where the model looks: attention rollout (Abnar and Zuidema, 2020; head-averaged attention plus "
+            "identity, renormalised, multiplied through the layers, through the bottleneck tokens in fusion "
+            "layers) from the classification output to the input patches of the video's middle window. Writes "
+            "frame.png (the middle frame with its tubelet's heat map and the top labels), tubelets.png (every "
+            "tubelet), spectrogram.png (the log-mel input with its heat map) and explain.json (labels, the "
+            "share of relevance of each stream and of the bottleneck tokens, the maps)."),
+        epilog=("examples:\n"
+                "  mbt explain mbt-demo/runs/mbt/model mbt-demo/data/test/test_00000.mp4 --out explain/\n"))
+    p.add_argument("model_dir", help="model directory")
+    p.add_argument("video", help="a video file")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--top-k", type=_positive_int, default=3, help="labels written on the frame (default: 3)")
+    p.set_defaults(func=_run_explain)
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from .analysis.explain import explain_video
+    from .data.config import DataConfig
+    from .models.mbt import MBT
+
+    if not Path(args.video).is_file():
+        raise FileNotFoundError(f"{args.video}: no such file")
+    model = MBT.from_pretrained(args.model_dir)
+    summary = explain_video(model, args.video, DataConfig.from_pretrained(args.model_dir), args.out, k=args.top_k)
+    top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in summary["top"])
+    share = ", ".join(f"{k} {v:.2f}" for k, v in summary["relevance"].items())
+    print(f"{args.video}: {top}\nrelevance: {share}\nwrote {', '.join(summary['files'])} and explain.json "
+          f"to {args.out}")
+    return 0
+
+
+def _add_flops(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "flops", formatter_class=_Formatter,
+        help="multiply-adds, FLOPs and parameters of one clip, and their sweep over fusion layers",
+        description=(
+            "Count the compute of one clip's forward pass (eval mode, batch 1) of the model a model directory, a "
+            "run config (.yaml) or a preset describes, without data or weights (torch.utils.flop_counter on the "
+            "meta device). Only matrix multiplies are counted: embeddings, attention projections, QK^T and AV, "
+            "MLP, classifier; norms, softmax, GELU and biases are not.\n\n"
+            "Columns: 'GMACs (multiply-adds)' is billions of multiply-adds, which is what Scenic logs as "
+            "'gflops' (it halves XLA's count); 'GFLOPs (2/MAC)' counts 2 FLOPs per multiply-add, as XLA's cost "
+            "analysis does. For MBT-B/16x2 (gap head) XLA gives 985.1 GFLOPs at bottleneck layer 8 and 984.3 late, "
+            "element-wise ops included; this count is 0.8% lower.\n\n"
+            "A vanilla-fusion model is shown twice: 'vanilla' as this package runs it (queries only for each "
+            "modality's own tokens) and 'vanilla-scenic', Scenic's literal schedule (same result, more work).\n\n"
+            "--sweep counts every fusion layer 0..L (L = late fusion) for bottleneck and vanilla fusion, like the "
+            "paper's compute figure; --plot draws it."),
+        epilog=(
+            "examples:\n"
+            "  mbt flops mbt-b16x2\n"
+            "  mbt flops runs/as/model --modalities rgb\n"
+            "  mbt flops configs/audioset_mini.yaml --num-classes 527 --sweep --plot flops.png --output flops.csv\n"))
+    p.add_argument("source", metavar="CONFIG_OR_MODEL_DIR",
+                   help="model directory (its config.json), a config.json, a run config (.yaml) or a preset name")
+    p.add_argument("--sweep", action="store_true",
+                   help="count every fusion layer 0..num_layers for bottleneck and vanilla fusion")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="write a PNG of GFLOPs against fusion layer (implies --sweep)")
+    p.add_argument("--output", default=None, metavar="FILE", help="also write the rows as .json or .csv")
+    p.add_argument("--modalities", default=None, metavar="M[,M]",
+                   help="modalities given at inference, comma-separated (default: all of the model's)")
+    p.add_argument("--num-classes", type=_positive_int, default=None,
+                   help="classes of the head (default: the config's; 527 when a run config leaves it to the "
+                        "training annotations)")
+    p.set_defaults(func=_run_flops)
+
+
+def _run_flops(args: argparse.Namespace) -> int:
+    from .analysis.flops import describe, format_table, load_config, plot_sweep, single_row, sweep, write_rows
+
+    modalities = None if args.modalities is None else [m.strip() for m in args.modalities.split(",") if m.strip()]
+    config, notes = load_config(args.source, num_classes=args.num_classes)
+    for note in notes:
+        print(f"source: {note}")
+    print(f"model: {describe(config)}")
+    if modalities is not None:
+        print(f"modalities given: {'+'.join(modalities)}")
+    if args.sweep or args.plot:
+        rows = sweep(config, modalities)
+    else:
+        rows = [single_row(config, modalities)]
+        present = modalities if modalities is not None else config.modality_fusion
+        if (not config.use_bottleneck and not config.share_encoder and len(present) > 1
+                and config.fusion_layer < config.num_layers):
+            rows.append(single_row(config, modalities, scenic_vanilla_schedule=True))
+    print()
+    print(format_table(rows))
+    print()
+    print("one clip, eval mode; matmuls only (2 FLOPs per multiply-add); Scenic logs GMACs as 'gflops'")
+    if args.output:
+        print(f"wrote {write_rows(rows, args.output)}")
+    if args.plot:
+        print(f"wrote {plot_sweep(rows, args.plot, title=f'{config.num_layers}-layer MBT, width {config.hidden_size}')}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", formatter_class=_Formatter,
+        help="export a model directory to ONNX for inference (fixed modalities and shapes)",
+        description=(
+            "Export a model directory to an ONNX file: the model in eval mode for the chosen modalities and batch "
+            "size, every shape fixed. Graph inputs 'rgb' (B, 3, T, H, W), frames in [-1, 1], channels first, and/or "
+            "'spectrogram' (B, 1, time, mel), a standardised log-mel spectrogram (the model's "
+            "preprocessor_config.json front end); output 'logits' (B, num_classes), raw scores. The command prints "
+            "the exact shapes and preprocessing.\n\n"
+            "Needs the export extra: pip install \"mbt-torch[export]\" (onnx, onnxscript); --check also needs "
+            "onnxruntime."),
+        epilog=(
+            "examples:\n"
+            "  mbt export runs/as/model --onnx mbt.onnx\n"
+            "  mbt export runs/as/model --onnx mbt-audio.onnx --modalities spectrogram --batch-size 4 --check\n"))
+    p.add_argument("model_dir", help="model directory (config.json, model.safetensors)")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--modalities", default=None, metavar="M[,M]",
+                   help="graph inputs, comma-separated (default: all of the model's modalities)")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="fixed batch size (default: 1)")
+    p.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default: 18)")
+    p.add_argument("--check", action="store_true",
+                   help="run the file with onnxruntime on random inputs and compare with PyTorch")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .analysis.export import export_onnx
+
+    modalities = None if args.modalities is None else [m.strip() for m in args.modalities.split(",") if m.strip()]
+    try:
+        info = export_onnx(args.model_dir, args.onnx, modalities=modalities, batch_size=args.batch_size,
+                           opset=args.opset, check=args.check)
+    except ImportError as e:
+        print(f"mbt export: error: {e}", file=sys.stderr)
+        return 1
+    size = sum(f.stat().st_size for f in Path(args.onnx).parent.glob(Path(args.onnx).name + "*"))
+    print(f"wrote {info['path']} (opset {info['opset']}, {size / 1e6:.1f} MB"
+          f"{', weights in ' + info['path'] + '.data' if info['external_data'] else ''})")
+    print(info["description"])
+    if "max_abs_diff" in info:
+        print(f"check: onnxruntime vs PyTorch on random inputs, max |difference| of the logits "
+              f"{info['max_abs_diff']:.3g}")
+    return 0
+
+
 _COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (
-    _add_demo, _add_data, _add_convert, _add_stats, _add_train, _add_eval)
+    _add_demo, _add_data, _add_convert, _add_stats, _add_train, _add_eval, _add_predict, _add_explain, _add_flops,
+    _add_export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,16 +19,16 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from ..analysis.flops import flop_count, parameter_count  # noqa: F401 (re-exported: mbt.engine.demo)
 from ..data import avdigits
 from ..data.annotations import read_annotations
 from ..data.config import DataConfig
 from ..data.stats import compute_stats
-from ..models.config import MBTConfig
 from ..models.mbt import MBT
 from .config import RunConfig
 from .evaluate import evaluate_dataset
@@ -77,28 +77,6 @@ def avdigits_run_config(data_dir: str | Path, output_dir: str | Path, model: dic
                   "keep_checkpoints": 1, "tensorboard": False, "progress": progress},
     }
     return RunConfig.from_dict(d)
-
-
-def flop_count(model_config: MBTConfig, modalities: Sequence[str] | None = None) -> dict[str, float]:
-    """Multiply-adds and FLOPs of one clip's forward pass, counted by torch.utils.flop_counter (matmuls and
-    attention; 2 FLOPs per multiply-add), on the meta device (no memory, no time)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    modalities = list(modalities or model_config.modality_fusion)
-    with torch.device("meta"):
-        model = MBT(model_config).eval()
-        x = {m: torch.empty(1, *model_config.input_shape(m)) for m in modalities}
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    flops = float(counter.get_total_flops())
-    return {"gmacs": flops / 2e9, "gflops": flops / 1e9}
-
-
-def parameter_count(model_config: MBTConfig) -> int:
-    with torch.device("meta"):
-        model = MBT(model_config)
-    return sum(p.numel() for p in model.parameters())
 
 
 def headline(summary: dict[str, Any], problem_type: str) -> dict[str, float]:
@@ -254,9 +232,10 @@ def write_report(out: Path, rows: dict[str, dict[str, Any]], meta: dict[str, Any
         f"Made by `mbt demo` in {meta['seconds'] / 60:.1f} min on {meta['machine']}.",
         "",
         f"Data: AV-Digits `same` mode, {d['train_clips']} training and {d['test_clips']} test clips (seed "
-        f"{d['seed']}): a handwritten MNIST digit moving over a textured background with distractors, occluder, "
-        "blur and noise, and the same digit spoken by eSpeak NG in noise and babble. Test clips use digit images "
-        "and voices never seen in training.",
+        f"{d['seed']}): a handwritten MNIST digit moving over a background (degradations at most: "
+        + ", ".join(f"{k} {d[k]:g}" for k in ("texture", "distractors", "occluder", "blur", "noise"))
+        + f"), and the same digit spoken by eSpeak NG in noise and babble at {d['snr_db'][0]:g} to "
+        f"{d['snr_db'][1]:g} dB SNR. Test clips use digit images and voices never seen in training.",
         "",
         f"Models: MBT with {m['num_layers']} layers of width {m['hidden_size']}, trained from scratch for "
         f"{meta['epochs']} epochs with the same recipe; `mbt` fuses audio and video through "

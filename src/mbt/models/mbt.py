@@ -68,7 +68,12 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with Q, K, V packed in one projection (`qkv`, rows q | k | v)."""
+    """Multi-head self-attention with Q, K, V packed in one projection (`qkv`, rows q | k | v).
+
+    `record` (attribute, default None): a list to which every call appends its attention weights (B, H, N, M),
+    head by head, detached. The weights are computed beside the fused kernel, so the outputs are unchanged;
+    `mbt.analysis.rollout` uses it for attention maps.
+    """
 
     def __init__(self, dim: int, num_heads: int, attention_dropout: float) -> None:
         super().__init__()
@@ -77,6 +82,7 @@ class Attention(nn.Module):
         self.attention_dropout = attention_dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.record: list[Tensor] | None = None
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Attention of the tokens `x` over the keys [context ; x].
@@ -100,6 +106,8 @@ class Attention(nn.Module):
         # Dropout on the attention weights, one mask per element (Flax broadcast_dropout=False).
         p = self.attention_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, N, hd)
+        if self.record is not None:  # the same weights as the kernel's (before any dropout)
+            self.record.append(torch.softmax((q @ k.transpose(-2, -1)).float() * hd ** -0.5, dim=-1).detach())
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 

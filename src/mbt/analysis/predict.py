@@ -1,0 +1,182 @@
+"""Inference on new videos or arrays: top-k labels with scores, from a model directory.
+
+Scores follow the model's problem type: softmax over classes (single-label), a sigmoid per class (multi-label),
+a softmax per head (multi-head, e.g. EPIC verb and noun). Multi-clip prediction averages the raw logits over the
+clips before the scores are computed, as `mbt eval` does.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ..data.annotations import Annotations, Record
+from ..data.config import DataConfig
+from ..data.datasets import SkipReport, VideoDataset, make_loader
+from ..engine.evaluate import predict_batch
+from ..models.mbt import MBT
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+STREAM = {"rgb": "video", "spectrogram": "audio"}
+
+
+@dataclass
+class Prediction:
+    """The prediction for one video or array example.
+
+    Attributes:
+      source: the file path, or the example's index for arrays.
+      modalities: the streams the prediction used (a file without audio is scored from its frames alone).
+      top: [(label, score)], best first; for multi-head models, the top of each head in turn (labels 'head:name').
+      logits: (num_classes,) raw logits, averaged over the clips.
+    """
+
+    source: str
+    modalities: tuple[str, ...]
+    top: list[tuple[str, float]]
+    logits: list[float] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "streams": [STREAM[m] for m in self.modalities],
+                "top": [{"label": l, "score": s} for l, s in self.top]}
+
+
+def label_names(model: MBT) -> list[str]:
+    cfg = model.config
+    return list(cfg.label_names) if cfg.label_names else [f"class_{i}" for i in range(cfg.num_classes)]
+
+
+def scores(logits: Tensor, model: MBT) -> Tensor:
+    """(N, C) logits -> (N, C) scores for the model's problem type."""
+    cfg = model.config
+    kind = cfg.problem_type or "multi_label"
+    if kind == "single_label":
+        return logits.softmax(dim=-1)
+    if kind == "multi_head":
+        return torch.cat([part.softmax(dim=-1) for part in logits.split(list(cfg.heads.values()), dim=-1)], dim=-1)
+    return logits.sigmoid()
+
+
+def top_k(logits: Tensor, model: MBT, k: int = 5) -> list[list[tuple[str, float]]]:
+    """The k best (label, score) of each row of (N, C) logits; per head for multi-head models."""
+    names, cfg = label_names(model), model.config
+    probs = scores(logits.float(), model)
+    groups = [(0, cfg.num_classes)]
+    if (cfg.problem_type == "multi_head") and cfg.heads:
+        groups, start = [], 0
+        for size in cfg.heads.values():
+            groups.append((start, start + size))
+            start += size
+    result = []
+    for row in probs:
+        best: list[tuple[str, float]] = []
+        for a, b in groups:
+            values, idx = row[a:b].topk(min(k, b - a))
+            best += [(names[a + int(i)], float(v)) for v, i in zip(values, idx)]
+        result.append(best)
+    return result
+
+
+@torch.no_grad()
+def predict_arrays(model: MBT, inputs: Mapping[str, Tensor | None], k: int = 5) -> list[Prediction]:
+    """Predictions for a batch of prepared inputs ({modality: (B, ...)} as `MBT.forward` takes; a modality may be
+    left out). Arrays must already be preprocessed (rgb in [-1, 1], standardised log-mel)."""
+    model.eval()
+    inputs = {m: torch.as_tensor(v) for m, v in inputs.items() if v is not None}
+    logits = model(inputs).logits.float()
+    present = tuple(model.present_modalities(inputs))
+    return [Prediction(str(i), present, best, row.tolist())
+            for i, (best, row) in enumerate(zip(top_k(logits, model, k), logits))]
+
+
+def find_videos(paths: Iterable[str | Path]) -> list[str]:
+    """Files as given, and the video files (by extension, recursively, sorted) of folders. A path that does not
+    exist raises FileNotFoundError naming it."""
+    found: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            if not files:
+                raise FileNotFoundError(f"{p}: a folder with no video files ({', '.join(VIDEO_EXTENSIONS)})")
+            found += [str(f) for f in files]
+        elif p.is_file():
+            found.append(str(p))
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return found
+
+
+@torch.no_grad()
+def predict_files(model: MBT, paths: Sequence[str | Path], data_config: DataConfig, clips: int = 1, k: int = 5,
+                  batch_size: int = 8, num_workers: int = 0, device: str | torch.device = "cpu",
+                  progress: bool = True) -> tuple[list[Prediction], SkipReport]:
+    """Top-k predictions for video files (`find_videos` expands folders), averaging the logits of `clips` clips
+    spread over each video (the test-time sampling of the data config). Files that cannot be read are skipped and
+    listed in the returned SkipReport; a file without an audio (or video) track is scored with the stream it has."""
+    device = torch.device(device)
+    model.eval().to(device)
+    files = find_videos(paths)
+    ann = Annotations([Record(f, ()) for f in files], label_names(model), multi_label=False, source="predict")
+    dc = dataclasses.replace(data_config, num_test_clips=clips, missing_stream="flag")
+    dataset = VideoDataset(ann, dc, split="test", on_error="skip")
+    loader = make_loader(dataset, batch_size, num_workers=num_workers, drop_last=False, shuffle=False)
+    report, out = SkipReport(), []
+    for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+        report.update(batch)
+        if batch["size"] == 0:
+            continue
+        logits = predict_batch(model, batch, device)
+        missing = batch.get("missing", {})
+        for i, (best, row) in enumerate(zip(top_k(logits, model, k), logits)):
+            present = tuple(m for m in model.config.modality_fusion
+                            if m in batch and not (m in missing and bool(missing[m][i])))
+            out.append(Prediction(batch["path"][i], present, best, row.tolist()))
+    return out, report
+
+
+def write_predictions(predictions: Sequence[Prediction], path: str | Path) -> Path:
+    """Write predictions as JSON (a list of {source, streams, top: [{label, score}]}) or CSV (one row per video
+    and rank: source, streams, rank, label, score), by the file's extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n")
+    elif path.suffix.lower() == ".csv":
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["source", "streams", "rank", "label", "score"])
+            for p in predictions:
+                streams = "+".join(STREAM[m] for m in p.modalities)
+                for rank, (label, score) in enumerate(p.top, start=1):
+                    w.writerow([p.source, streams, rank, label, f"{score:.6f}"])
+    else:
+        raise ValueError(f"{path}: unknown output format {path.suffix!r}; use .json or .csv")
+    return path
+
+
+def format_table(predictions: Sequence[Prediction], all_streams: Sequence[str]) -> str:
+    """A plain-text table: video, the streams used (flagged when one is missing), the top labels with scores."""
+    rows = []
+    for p in predictions:
+        streams = "+".join(STREAM[m] for m in p.modalities)
+        if len(p.modalities) < len(all_streams):
+            lacking = [STREAM[m] for m in all_streams if m not in p.modalities]
+            streams += f" (no {'/'.join(lacking)} track)"
+        rows.append((p.source, streams, ", ".join(f"{l} {s:.3f}" for l, s in p.top)))
+    head = ("video", "streams", "top labels (score)")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(2)]
+    lines = [f"{head[0]:<{widths[0]}}  {head[1]:<{widths[1]}}  {head[2]}"]
+    lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+__all__ = ["Prediction", "predict_files", "predict_arrays", "find_videos", "top_k", "scores", "write_predictions",
+           "format_table", "label_names", "VIDEO_EXTENSIONS"]
