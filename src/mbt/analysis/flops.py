@@ -42,8 +42,8 @@ FUSION_TYPES = ("bottleneck", "vanilla", "vanilla-scenic")
 COLUMNS = (
     ("fusion", "fusion", "{}"),
     ("fusion_layer", "fusion layer", "{}"),
-    ("gmacs", "GMACs (multiply-adds)", "{:.2f}"),
-    ("gflops", "GFLOPs (2/MAC)", "{:.2f}"),
+    ("gmacs", "GMACs (multiply-adds)", "{:.4g}"),
+    ("gflops", "GFLOPs (2/MAC)", "{:.4g}"),
     ("params_m", "params (M)", "{:.2f}"),
 )
 
