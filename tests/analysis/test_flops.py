@@ -160,7 +160,7 @@ def test_flops_command(tmp_path, capsys):
     assert main(["flops", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert "GMACs (multiply-adds)" in out and "GFLOPs (2/MAC)" in out and "params (M)" in out
-    assert f"{2 * hand_macs(TINY) / 1e9:.4g}" in out
+    assert f"{2 * hand_macs(TINY) / 1e9:.4f}" in out
     assert main(["flops", str(model_dir), "--sweep", "--plot", str(tmp_path / "s.png"),
                  "--output", str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out

@@ -42,8 +42,8 @@ FUSION_TYPES = ("bottleneck", "vanilla", "vanilla-scenic")
 COLUMNS = (
     ("fusion", "fusion", "{}"),
     ("fusion_layer", "fusion layer", "{}"),
-    ("gmacs", "GMACs (multiply-adds)", "{:.4g}"),
-    ("gflops", "GFLOPs (2/MAC)", "{:.4g}"),
+    ("gmacs", "GMACs (multiply-adds)", "{:.2f}|{:.4f}"),  # the second below 1 (small models)
+    ("gflops", "GFLOPs (2/MAC)", "{:.2f}|{:.4f}"),
     ("params_m", "params (M)", "{:.2f}"),
 )
 
@@ -215,7 +215,11 @@ def single_row(config: MBTConfig, modalities: Sequence[str] | None = None,
 def format_table(rows: Iterable[dict[str, Any]]) -> str:
     """A plain-text table with the COLUMNS (fusion, fusion layer, GMACs (multiply-adds), GFLOPs (2/MAC), params)."""
     header = [h for _, h, _ in COLUMNS]
-    body = [[fmt.format(row[key]) for key, _, fmt in COLUMNS] for row in rows]
+    def cell(fmt: str, value: Any) -> str:
+        big, _, small = fmt.partition("|")
+        return (small if small and abs(value) < 1 else big).format(value)
+
+    body = [[cell(fmt, row[key]) for key, _, fmt in COLUMNS] for row in rows]
     widths = [max(len(c) for c in col) for col in zip(header, *body)]
     lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
     lines.append("  ".join("-" * w for w in widths))
