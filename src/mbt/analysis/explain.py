@@ -23,11 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.annotations import Annotations, Record
 from ..data.config import DataConfig
 from ..data.datasets import VideoDataset
 from ..models.mbt import MBT
-from .predict import STREAM, label_names, top_k
+from .predict import STREAM, top_k, unlabelled
 from .rollout import Rollout, attention_rollout
 
 
@@ -111,7 +110,7 @@ def render_spectrogram(spec: np.ndarray, heat: torch.Tensor, path: Path, min_siz
 
 def load_clip(path: str | Path, data_config: DataConfig, model: MBT) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
     """The model's input window from the middle of a video ({modality: (1, ...)}), and the streams it has."""
-    ann = Annotations([Record(str(path), ())], label_names(model), multi_label=False, source="explain")
+    ann = unlabelled([path], model, "explain")
     dc = dataclasses.replace(data_config, missing_stream="flag")
     sample = VideoDataset(ann, dc, split="val", on_error="raise")[0]
     present = tuple(m for m in model.config.modality_fusion if m in sample and not sample["missing"].get(m, False))
@@ -127,7 +126,6 @@ def explain(model: MBT, inputs: dict[str, torch.Tensor], out_dir: str | Path, k:
     r: Rollout = attention_rollout(model, inputs)
     top = top_k(r.logits, model, k)[0]
     files: dict[str, list[int]] = {}
-    cfg = model.config
     if "rgb" in r.maps:
         frames = ((inputs["rgb"][0].permute(1, 2, 3, 0).float() + 1) / 2).clamp(0, 1).numpy()  # (T, H, W, 3)
         heat = r.maps["rgb"][0]  # (t, h, w)

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..models.config import ConfigError, MBTConfig
+from ..models.config import MBTConfig
 from ..models.mbt import MBT
 
 ONNX_OPSET = 18  # the dynamo exporter's own opset; others are converted from it
@@ -55,21 +55,11 @@ class LogitsModel(nn.Module):
         return self.model(dict(zip(self.modalities, inputs))).logits
 
 
-def _modalities(config: MBTConfig, modalities: Sequence[str] | None) -> list[str]:
-    if modalities is None:
-        return list(config.modality_fusion)
-    wrong = [m for m in modalities if m not in config.modality_fusion]
-    if wrong or not modalities:
-        raise ConfigError(f"modalities {list(modalities)}: give one or more of the model's "
-                          f"{list(config.modality_fusion)}")
-    return [m for m in config.modality_fusion if m in modalities]  # the model's order
-
-
 def input_shapes(config: MBTConfig, modalities: Sequence[str] | None = None,
                  batch_size: int = 1) -> dict[str, tuple[int, ...]]:
     """{input name: shape} of the exported graph, in input order (the model's modality order)."""
     shapes = {}
-    for m in _modalities(config, modalities):
+    for m in config.select_modalities(modalities):
         shape = config.input_shape(m)
         if m == "spectrogram":
             shape = (1, *shape[1:])  # one log-mel channel, broadcast inside to the configured channels
@@ -147,7 +137,7 @@ def export_onnx(model_dir_or_model: str | Path | MBT, path: str | Path, modaliti
     """
     model, data_config = _load(model_dir_or_model)
     config = model.config
-    present = _modalities(config, modalities)
+    present = config.select_modalities(modalities)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size = {batch_size!r}: must be an integer >= 1")
     shapes = input_shapes(config, present, batch_size)

@@ -118,16 +118,6 @@ def describe(config: MBTConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- counting
-def _check_modalities(config: MBTConfig, modalities: Sequence[str] | None) -> list[str]:
-    if modalities is None:
-        return list(config.modality_fusion)
-    wrong = [m for m in modalities if m not in config.modality_fusion]
-    if wrong or not modalities:
-        raise ConfigError(f"modalities {list(modalities)}: give one or more of the model's "
-                          f"{list(config.modality_fusion)}")
-    return [m for m in config.modality_fusion if m in modalities]  # the model's order
-
-
 def parameter_count(config: MBTConfig) -> int:
     """Parameters of the model `config` describes (built on the meta device)."""
     with torch.device("meta"):
@@ -150,7 +140,7 @@ def count_flops(config: MBTConfig, modalities: Sequence[str] | None = None,
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    present = _check_modalities(config, modalities)
+    present = config.select_modalities(modalities)
     with torch.device("meta"):
         model = MBT(config).eval()
         model.scenic_vanilla_schedule = scenic_vanilla_schedule

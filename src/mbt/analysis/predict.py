@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..data.annotations import Annotations, Record
 from ..data.config import DataConfig
 from ..data.datasets import SkipReport, VideoDataset, make_loader
-from ..engine.evaluate import predict_batch
+from ..engine.evaluate import predict_batch, streams_present
 from ..models.mbt import MBT
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
@@ -97,6 +97,11 @@ def predict_arrays(model: MBT, inputs: Mapping[str, Tensor | None], k: int = 5) 
             for i, (best, row) in enumerate(zip(top_k(logits, model, k), logits))]
 
 
+def unlabelled(files: Sequence[str | Path], model: MBT, source: str) -> Annotations:
+    """Annotations for files with no labels (prediction), with the model's label names."""
+    return Annotations([Record(str(f), ()) for f in files], label_names(model), multi_label=False, source=source)
+
+
 def find_videos(paths: Iterable[str | Path]) -> list[str]:
     """Files as given, and the video files (by extension, recursively, sorted) of folders. A path that does not
     exist raises FileNotFoundError naming it."""
@@ -124,7 +129,7 @@ def predict_files(model: MBT, paths: Sequence[str | Path], data_config: DataConf
     device = torch.device(device)
     model.eval().to(device)
     files = find_videos(paths)
-    ann = Annotations([Record(f, ()) for f in files], label_names(model), multi_label=False, source="predict")
+    ann = unlabelled(files, model, "predict")
     dc = dataclasses.replace(data_config, num_test_clips=clips, missing_stream="flag")
     dataset = VideoDataset(ann, dc, split="test", on_error="skip")
     loader = make_loader(dataset, batch_size, num_workers=num_workers, drop_last=False, shuffle=False)
@@ -134,11 +139,9 @@ def predict_files(model: MBT, paths: Sequence[str | Path], data_config: DataConf
         if batch["size"] == 0:
             continue
         logits = predict_batch(model, batch, device)
-        missing = batch.get("missing", {})
+        present = streams_present(batch, model.config.modality_fusion)
         for i, (best, row) in enumerate(zip(top_k(logits, model, k), logits)):
-            present = tuple(m for m in model.config.modality_fusion
-                            if m in batch and not (m in missing and bool(missing[m][i])))
-            out.append(Prediction(batch["path"][i], present, best, row.tolist()))
+            out.append(Prediction(batch["path"][i], present[i], best, row.tolist()))
     return out, report
 
 

@@ -90,7 +90,7 @@ def attention_rollout(model: MBT, inputs: Mapping[str, Tensor | None]) -> Rollou
     present = model.present_modalities(inputs)
     batch = out.logits.shape[0]
     n_tokens = {m: cfg.num_tokens(m) for m in present}
-    fusing = len(cfg.modality_fusion) > 1 and not (cfg.use_bottleneck and not cfg.test_with_bottlenecks)
+    fusing = model.fuses()  # eval mode
     n_b = cfg.n_bottleneck_tokens if (cfg.use_bottleneck and fusing and cfg.fusion_layer < cfg.num_layers) else 0
     spans: dict[str, slice] = {}
     start = 0

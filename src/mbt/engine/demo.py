@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..analysis.flops import flop_count, parameter_count  # noqa: F401 (re-exported: mbt.engine.demo)
+from ..analysis.predict import STREAM
 from ..data import avdigits
 from ..data.annotations import read_annotations
 from ..data.config import DataConfig
@@ -49,7 +50,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "video": {"modality_fusion": ["rgb"]},
     "audio": {"modality_fusion": ["spectrogram"]},
 }
-STREAM = {"spectrogram": "audio", "rgb": "video"}
 
 
 def avdigits_run_config(data_dir: str | Path, output_dir: str | Path, model: dict[str, Any] | None = None,

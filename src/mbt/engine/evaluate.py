@@ -16,7 +16,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -48,6 +48,13 @@ class ShardSampler(Sampler[int]):
 
 
 @torch.no_grad()
+def streams_present(batch: dict[str, Any], modalities: Sequence[str]) -> list[tuple[str, ...]]:
+    """For each video of a collated batch, the `modalities` it has (its 'missing' flags are off)."""
+    missing = batch.get("missing", {})
+    return [tuple(m for m in modalities if m in batch and not (m in missing and bool(missing[m][i])))
+            for i in range(batch["size"])]
+
+
 def predict_batch(model: MBT, batch: dict[str, Any], device: torch.device, clips_per_forward: int = 8,
                   autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
     """Logits (B, C), float32, of a collated batch. Multi-clip batches ('rgb' (B, N, 3, T, H, W), 'spectrogram'
@@ -56,10 +63,8 @@ def predict_batch(model: MBT, batch: dict[str, Any], device: torch.device, clips
     modalities = [m for m in model.config.modality_fusion if m in batch]
     multi_clip = batch[modalities[0]].ndim == len(model.config.input_shape(modalities[0])) + 2
     size = batch["size"]
-    missing = batch.get("missing", {})
     patterns: dict[tuple[str, ...], list[int]] = {}
-    for i in range(size):
-        present = tuple(m for m in modalities if not (m in missing and bool(missing[m][i])))
+    for i, present in enumerate(streams_present(batch, modalities)):
         patterns.setdefault(present or tuple(modalities), []).append(i)
     logits = torch.empty(size, model.config.num_classes)
     for present, rows in patterns.items():

@@ -251,6 +251,16 @@ class MBTConfig:
         """Tokens of a modality in the encoder, CLS included when classifier == 'token'."""
         return math.prod(self.token_grid(modality)) + (1 if self.classifier == "token" else 0)
 
+    def select_modalities(self, modalities: Sequence[str] | None = None) -> list[str]:
+        """The given modalities (default: all) in `modality_fusion` order; anything not configured is refused."""
+        if modalities is None:
+            return list(self.modality_fusion)
+        wrong = [m for m in modalities if m not in self.modality_fusion]
+        if wrong or not modalities:
+            raise ConfigError(f"modalities {list(modalities)}: give one or more of the model's "
+                              f"{list(self.modality_fusion)}")
+        return [m for m in self.modality_fusion if m in modalities]
+
     def input_shape(self, modality: str) -> tuple[int, ...]:
         """Shape of one example of a modality, channels first: rgb (C, T, H, W), spectrogram (C, time, mel)."""
         if modality == "rgb":

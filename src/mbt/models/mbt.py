@@ -325,6 +325,14 @@ class MBT(nn.Module):
                              f"got keys {sorted(inputs)}")
         return present
 
+    def fuses(self) -> bool:
+        """Whether the streams exchange anything in the current mode. Scenic fuses only with two or more
+        configured modalities, and a bottleneck model evaluated with test_with_bottlenecks=False does no exchange
+        at all."""
+        cfg = self.config
+        return len(cfg.modality_fusion) > 1 and not (
+            cfg.use_bottleneck and not (self.training or cfg.test_with_bottlenecks))
+
     def forward(self, inputs: Mapping[str, Tensor | None]) -> MBTOutput:
         cfg = self.config
         present = self.present_modalities(inputs)
@@ -335,10 +343,7 @@ class MBT(nn.Module):
         batch = batch_sizes[present[0]]
         n_tokens = {m: t.shape[1] for m, t in x.items()}
 
-        # Scenic fuses only with two or more configured modalities, and a bottleneck model evaluated with
-        # test_with_bottlenecks=False does no exchange at all.
-        fusing = len(cfg.modality_fusion) > 1 and not (
-            cfg.use_bottleneck and not (self.training or cfg.test_with_bottlenecks))
+        fusing = self.fuses()
         bottleneck = self.bottleneck.expand(batch, -1, -1) if cfg.use_bottleneck and fusing else None
         joint: Tensor | None = None  # the joint sequence of vanilla fusion with a shared encoder
         for layer in range(cfg.num_layers):
