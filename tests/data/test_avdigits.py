@@ -231,6 +231,25 @@ def test_image_pools_are_disjoint_and_labelled(mnist):
         assert all(labels[i] == d for i in train | test)
 
 
+def test_clips_use_every_image_once_before_any_twice(mnist):
+    """Clip images walk through shuffled passes over the split's pool: the first pass is a permutation of the pool,
+    the second another one, and a different seed gives a different order."""
+    from mbt.data.avdigits import _image_for
+
+    _, labels = mnist
+    pools = image_pools(labels)
+    for split in ("train", "test"):
+        pool = sorted(np.concatenate(pools[split]).tolist())
+        n = len(pool)
+        first = [_image_for(0, split, i, pools[split]) for i in range(n)]
+        second = [_image_for(0, split, i, pools[split]) for i in range(n, 2 * n)]
+        assert sorted(first) == pool and sorted(second) == pool
+        assert first != second
+        assert first != [_image_for(1, split, i, pools[split]) for i in range(n)]
+        # shuffled across classes: the first 100 clips of a pass show every digit
+        assert set(labels[first[:100]].tolist()) == set(range(10))
+
+
 def test_voice_pools_share_no_voice_and_no_speaker_variant():
     """Train and test voices are disjoint and so are their speaker variants (the part after '+'); every accent is
     in both, and the variants are split about 3:1."""

@@ -39,7 +39,7 @@ from .trainer import train
 # 1.92 s log-mel window of 64 bins (48 tokens), 4 bottleneck tokens, fusion from layer 2 (mid fusion).
 DEMO_MODEL: dict[str, Any] = dict(
     modality_fusion=["spectrogram", "rgb"], hidden_size=96, num_layers=4, num_heads=4, mlp_dim=192,
-    fusion_layer=2, use_bottleneck=True, n_bottlenecks=4, classifier="gap", stochastic_droplayer_rate=0.0,
+    fusion_layer=2, use_bottleneck=True, n_bottlenecks=4, classifier="gap", stochastic_droplayer_rate=0.1,
     num_frames=8, image_size=[64, 64], rgb_patch_size=[2, 16, 16], spectrogram_shape=[192, 64],
     spectrogram_patch_size=[16, 16])
 # Small enough for a test to train it in seconds.
@@ -70,7 +70,7 @@ def avdigits_run_config(data_dir: str | Path, output_dir: str | Path, model: dic
                              "time_mask_count": 1, "time_mask_max_frames": 16, "mixup_alpha": 0.0}},
         "dataset": {"train": {"annotations": str(data_dir / "train.csv")},
                     "test": {"annotations": str(data_dir / "test.csv")}},
-        "optim": {"name": "adamw", "lr": lr, "weight_decay": 0.05, "batch_size": batch_size, "epochs": epochs,
+        "optim": {"name": "adamw", "lr": lr, "weight_decay": 0.3, "batch_size": batch_size, "epochs": epochs,
                   "warmup_epochs": min(1.0, epochs / 4), "max_grad_norm": 1.0, "label_smoothing": 0.1},
         "train": {"output_dir": str(output_dir), "seed": seed, "device": "cpu", "num_workers": 0,
                   "cache_decoded": True, "eval_every_epochs": 0, "checkpoint_every_steps": 10**9,
