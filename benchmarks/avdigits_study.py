@@ -11,7 +11,9 @@ with several seeds, and writes a table (markdown + JSON) and plots of accuracy a
     python benchmarks/avdigits_study.py --out docs/results/avdigits            # the committed results
     python benchmarks/avdigits_study.py --quick --out /tmp/study               # a smoke run (minutes)
 
-Runs that finished are reused when the script is started again (their rows are in <out>/runs/*/row.json).
+Runs that finished are reused when the script is started again (their rows are in <out>/runs/*/row.json). Two
+invocations can share --out (say one per mode, each on one core); `--report-only` then writes the table and plots
+from every finished run, whatever invocation made it, without training.
 """
 
 from __future__ import annotations
@@ -41,6 +43,31 @@ def runs_for(mode: str, L: int, layers: list[int]) -> list[tuple[str, dict]]:
     return runs
 
 
+def run_order(row: dict, modes: list[str]) -> tuple:
+    """The order of runs_for (late, then vanilla and bottleneck by layer, then video, audio), per mode and seed."""
+    name = row["name"]
+    rank = {"late": -1, "video": 10**6, "audio": 10**6 + 1}.get(name)
+    if rank is None:
+        rank = 2 * row["fusion_layer"] + (name.startswith("bottleneck"))
+    return modes.index(row["mode"]), rank, row["seed"]
+
+
+def recipe_of(row: dict) -> tuple[float, int, int]:
+    """(epochs, train clips, test clips) of a finished run: from its row, or (rows written before the row kept
+    them) from the run's config.yaml and annotation files."""
+    if "epochs" in row:
+        return float(row["epochs"]), int(row["train_clips"]), int(row["test_clips"])
+    import yaml
+
+    cfg = yaml.safe_load((Path(row["model_dir"]).parent / "config.yaml").read_text())
+
+    def clips(split: str) -> int:
+        with open(cfg["dataset"][split]["annotations"]) as f:
+            return sum(1 for line in f if line.strip()) - 1  # minus the header
+
+    return float(cfg["optim"]["epochs"]), clips("train"), clips("test")
+
+
 def metric_of(mode: str) -> str:
     return "top1" if mode == "same" else "match"
 
@@ -56,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--layers", type=int, nargs="+", default=None, help="fusion layers (default: 0, L/2)")
     p.add_argument("--quick", action="store_true", help="tiny model, 200 clips, 1 epoch: checks the script only")
+    p.add_argument("--report-only", action="store_true",
+                   help="no training: the table and plots from the finished runs in --out (all their seeds)")
     args = p.parse_args(argv)
     model = TINY_MODEL if args.quick else DEMO_MODEL
     if args.quick:
@@ -66,6 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows: list[dict] = []
+    if args.report_only:
+        rows = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/row.json"))]
+        rows = sorted((r for r in rows if r["mode"] in args.modes), key=lambda r: run_order(r, args.modes))
+        if not rows:
+            print(f"no finished runs in {out / 'runs'} for modes {args.modes}", file=sys.stderr)
+            return 1
+        args.seeds = sorted({r["seed"] for r in rows})
+        # The budget line of the report comes from the runs' own configs, not from this invocation's defaults.
+        budgets = {recipe_of(r) for r in rows}
+        if len(budgets) > 1:
+            print(f"the runs in {out / 'runs'} were trained with different budgets (epochs, train clips, test "
+                  f"clips): {sorted(budgets)}; report them from separate --out folders", file=sys.stderr)
+            return 1
+        args.epochs, args.train_clips, args.test_clips = budgets.pop()
+        report(out, rows, model, args, time.perf_counter() - t0)
+        return 0
     for mode in args.modes:
         data_dir = Path(args.data_root) / mode
         avdigits.generate(avdigits.AVDigitsConfig(mode=mode, train_clips=args.train_clips, test_clips=args.test_clips),
@@ -88,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                     cfg = avdigits_run_config(data_dir, run_dir, model={**model, **change}, epochs=args.epochs,
                                               seed=seed, spec_stats=stats)
                     row = train_and_evaluate(cfg, train_cache, test_cache)
-                    row.update(mode=mode, name=name, seed=seed,
+                    row.update(mode=mode, name=name, seed=seed, epochs=args.epochs, train_clips=args.train_clips,
+                               test_clips=args.test_clips,
                                fusion_layer=change.get("fusion_layer", model["fusion_layer"]),
                                use_bottleneck=change.get("use_bottleneck", model["use_bottleneck"]))
                     row_file.write_text(json.dumps(row, indent=2) + "\n")
@@ -121,13 +167,14 @@ def report(out: Path, rows: list[dict], model: dict, args, seconds: float) -> No
         "",
         f"Command: `python benchmarks/avdigits_study.py {shlex.join(sys.argv[1:])}`",
         "",
-        f"Machine: {machine()}; {seconds / 60:.0f} min in this invocation (finished runs are reused).",
+        f"Machine: {machine()}; {seconds / 60:.0f} min in this invocation (finished runs are reused); "
+        f"{sum(r['train_seconds'] for r in rows) / 60:.0f} min of training over the {len(rows)} runs.",
         "",
         f"Model: {L} layers, width {model['hidden_size']}, {model['num_heads']} heads, {model['n_bottlenecks']} "
         f"bottleneck tokens, {model['classifier']} classifier, from scratch; {args.epochs:g} epochs of "
         f"{args.train_clips} clips (the `mbt demo` recipe: AdamW, warm-up and cosine); test on {args.test_clips} "
         "clips with unseen digit images and voices. "
-        f"Seeds: {', '.join(map(str, args.seeds))}.",
+        f"Seeds: {', '.join(map(str, args.seeds))}; a cell with several seeds is mean ± standard deviation.",
         "",
     ]
     for mode in args.modes:
@@ -137,13 +184,13 @@ def report(out: Path, rows: list[dict], model: dict, args, seconds: float) -> No
         names = list(dict.fromkeys(r["name"] for r in mrows))
         if mode == "same":
             lines += ["## same: the spoken digit is the shown digit (10 classes, test top-1 %)", "",
-                      "| model | fusion layer | audio+video | video only | audio only | GFLOPs | MACs (G) |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
+                      "| model | fusion layer | audio+video | video only | audio only | GFLOPs | MACs (G) | seeds |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|"]
         else:
             lines += ["## pair: shown and spoken digits may differ (test top-1 % per head; match is balanced, "
                       "chance 50)", "",
-                      "| model | fusion layer | match | shown digit | spoken digit | GFLOPs | MACs (G) |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
+                      "| model | fusion layer | match | shown digit | spoken digit | GFLOPs | MACs (G) | seeds |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name in names:
             rs = [r for r in mrows if r["name"] == name]
             r0 = rs[0]
@@ -155,7 +202,8 @@ def report(out: Path, rows: list[dict], model: dict, args, seconds: float) -> No
                     cells.append(_summary(vals) if vals else "—")
             else:
                 cells = [_summary([r["results"]["audio+video"][h] for r in rs]) for h in ("match", "shown", "spoken")]
-            lines.append(f"| {name} | {layer} | {' | '.join(cells)} | {r0['gflops']:.3f} | {r0['gmacs']:.3f} |")
+            lines.append(f"| {name} | {layer} | {' | '.join(cells)} | {r0['gflops']:.3f} | {r0['gmacs']:.3f} "
+                         f"| {len(rs)} |")
         lines.append("")
         # Plots: accuracy and GFLOPs against fusion layer, vanilla and bottleneck, late fusion at layer L.
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))

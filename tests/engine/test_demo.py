@@ -134,3 +134,51 @@ def test_demo_tiny_runs_through_the_cli(tmp_path):
     again = run_cli("demo", "--out", "d", "--tiny", "--train-clips", "48", "--test-clips", "16", "--epochs", "1",
                     "--quiet", cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count("reusing the finished run") == 3
+
+
+def test_study_script_quick_and_report_only(tmp_path):
+    """benchmarks/avdigits_study.py --quick trains every run of a mode and writes its table; --report-only rebuilds
+    the same table from the finished runs without training, and each cell is the run's own accuracy."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "avdigits_study.py"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, str(script), "--quick", "--modes", "same", "--layers", "1", "--out", "study",
+            "--data-root", "data"]
+    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {json.loads(f.read_text())["name"]: json.loads(f.read_text())
+            for f in (tmp_path / "study" / "runs").glob("*/row.json")}
+    assert set(rows) == {"late", "vanilla@1", "bottleneck@1", "video", "audio"}
+    assert not list((tmp_path / "study" / "runs").rglob("*.safetensors"))  # weights are dropped
+    table = (tmp_path / "study" / "README.md").read_text()
+    (tmp_path / "study" / "README.md").unlink()
+    r = subprocess.run(args + ["--report-only"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = (tmp_path / "study" / "README.md").read_text()
+    strip = lambda t: [l for l in t.splitlines() if not l.startswith(("Command", "Machine"))]  # noqa: E731
+    assert strip(again) == strip(table)
+    assert "training" not in r.stdout + r.stderr.replace("no training", "")
+    late = rows["late"]["results"]
+    cells = f"| late | 2 | {100 * late['audio+video']['top1']:.1f} | {100 * late['video']['top1']:.1f} | " \
+            f"{100 * late['audio']['top1']:.1f} | {rows['late']['gflops']:.3f} | {rows['late']['gmacs']:.3f} | 1 |"
+    assert cells in again
+    assert png_size(tmp_path / "study" / "same.png")[0] > 300
+    assert "1 epochs of 200 clips" in again and all(r["epochs"] == 1 and r["train_clips"] == 200 for r in rows.values())
+    late_file = next((tmp_path / "study" / "runs").glob("same-late-*/row.json"))
+    late_file.write_text(json.dumps({**rows["late"], "epochs": 2}))
+    mixed = subprocess.run(args + ["--report-only"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert mixed.returncode == 1 and "different budgets" in mixed.stderr
+    empty = subprocess.run(args[:-4] + ["--out", "none", "--report-only"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 1 and "no finished runs" in empty.stderr
+
+
+def test_study_summary_is_mean_and_sample_std():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "avdigits_study", Path(__file__).resolve().parents[2] / "benchmarks" / "avdigits_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    assert study._summary([0.5]) == "50.0"
+    assert study._summary([0.5, 0.7]) == "60.0 ± 14.1"  # sample std of (50, 70) = 10 * sqrt(2)
