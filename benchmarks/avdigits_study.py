@@ -43,29 +43,11 @@ def runs_for(mode: str, L: int, layers: list[int]) -> list[tuple[str, dict]]:
     return runs
 
 
-def run_order(row: dict, modes: list[str]) -> tuple:
-    """The order of runs_for (late, then vanilla and bottleneck by layer, then video, audio), per mode and seed."""
-    name = row["name"]
-    rank = {"late": -1, "video": 10**6, "audio": 10**6 + 1}.get(name)
-    if rank is None:
-        rank = 2 * row["fusion_layer"] + (name.startswith("bottleneck"))
-    return modes.index(row["mode"]), rank, row["seed"]
-
-
-def recipe_of(row: dict) -> tuple[float, int, int]:
-    """(epochs, train clips, test clips) of a finished run: from its row, or (rows written before the row kept
-    them) from the run's config.yaml and annotation files."""
-    if "epochs" in row:
-        return float(row["epochs"]), int(row["train_clips"]), int(row["test_clips"])
-    import yaml
-
-    cfg = yaml.safe_load((Path(row["model_dir"]).parent / "config.yaml").read_text())
-
-    def clips(split: str) -> int:
-        with open(cfg["dataset"][split]["annotations"]) as f:
-            return sum(1 for line in f if line.strip()) - 1  # minus the header
-
-    return float(cfg["optim"]["epochs"]), clips("train"), clips("test")
+def in_run_order(rows: list[dict], modes: list[str], L: int) -> list[dict]:
+    """`rows` in the order the runs are made (runs_for, per mode), then by seed."""
+    layers = sorted({r["fusion_layer"] for r in rows if r["name"].startswith(("vanilla@", "bottleneck@"))})
+    rank = {(m, name): i for m in modes for i, (name, _) in enumerate(runs_for(m, L, layers))}
+    return sorted(rows, key=lambda r: (modes.index(r["mode"]), rank[r["mode"], r["name"]], r["seed"]))
 
 
 def metric_of(mode: str) -> str:
@@ -96,14 +78,22 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows: list[dict] = []
     if args.report_only:
-        rows = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/row.json"))]
-        rows = sorted((r for r in rows if r["mode"] in args.modes), key=lambda r: run_order(r, args.modes))
+        for f in sorted((out / "runs").glob("*/row.json")):
+            row = json.loads(f.read_text())
+            if row["mode"] not in args.modes:
+                continue
+            if "epochs" not in row:
+                print(f"{f} has no 'epochs' (an older study made it); delete {f.parent} and run it again",
+                      file=sys.stderr)
+                return 1
+            rows.append(row)
         if not rows:
             print(f"no finished runs in {out / 'runs'} for modes {args.modes}", file=sys.stderr)
             return 1
+        rows = in_run_order(rows, args.modes, L)
         args.seeds = sorted({r["seed"] for r in rows})
-        # The budget line of the report comes from the runs' own configs, not from this invocation's defaults.
-        budgets = {recipe_of(r) for r in rows}
+        # The budget line of the report comes from the runs themselves, not from this invocation's defaults.
+        budgets = {(float(r["epochs"]), r["train_clips"], r["test_clips"]) for r in rows}
         if len(budgets) > 1:
             print(f"the runs in {out / 'runs'} were trained with different budgets (epochs, train clips, test "
                   f"clips): {sorted(budgets)}; report them from separate --out folders", file=sys.stderr)

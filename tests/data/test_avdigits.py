@@ -241,11 +241,11 @@ def test_clips_use_every_image_once_before_any_twice(mnist):
     for split in ("train", "test"):
         pool = sorted(np.concatenate(pools[split]).tolist())
         n = len(pool)
-        first = [_image_for(0, split, i, pools[split]) for i in range(n)]
-        second = [_image_for(0, split, i, pools[split]) for i in range(n, 2 * n)]
+        first = [_image_for(0, split, i) for i in range(n)]
+        second = [_image_for(0, split, i) for i in range(n, 2 * n)]
         assert sorted(first) == pool and sorted(second) == pool
         assert first != second
-        assert first != [_image_for(1, split, i, pools[split]) for i in range(n)]
+        assert first != [_image_for(1, split, i) for i in range(n)]
         # shuffled across classes: the first 100 clips of a pass show every digit
         assert set(labels[first[:100]].tolist()) == set(range(10))
 

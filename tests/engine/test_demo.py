@@ -145,8 +145,7 @@ def test_study_script_quick_and_report_only(tmp_path):
             "--data-root", "data"]
     r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = {json.loads(f.read_text())["name"]: json.loads(f.read_text())
-            for f in (tmp_path / "study" / "runs").glob("*/row.json")}
+    rows = {r["name"]: r for r in (json.loads(f.read_text()) for f in (tmp_path / "study" / "runs").glob("*/row.json"))}
     assert set(rows) == {"late", "vanilla@1", "bottleneck@1", "video", "audio"}
     assert not list((tmp_path / "study" / "runs").rglob("*.safetensors"))  # weights are dropped
     table = (tmp_path / "study" / "README.md").read_text()

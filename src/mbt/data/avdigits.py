@@ -435,19 +435,19 @@ def _sources(cfg: AVDigitsConfig | None = None, progress: bool = False) -> _Sour
 
 
 @functools.lru_cache(maxsize=8)
-def _image_order(seed: int, split: str, cycle: int, pool_key: tuple[int, ...]) -> np.ndarray:
-    """One shuffled pass over a split's image pool (`pool_key`: its image indices)."""
+def _image_order(seed: int, split: str, cycle: int) -> np.ndarray:
+    """One shuffled pass over a split's image pool (the pools are fixed, so (seed, split, cycle) names the pass)."""
     rng = np.random.default_rng([seed, SPLITS.index(split), cycle, FORMAT_VERSION, 0x1A6E])
-    return rng.permutation(np.asarray(pool_key))
+    return rng.permutation(np.concatenate(_sources().pools[split]))
 
 
-def _image_for(seed: int, split: str, index: int, pool: list[np.ndarray]) -> int:
+def _image_for(seed: int, split: str, index: int) -> int:
     """The digit image of clip `index`: clips walk through shuffled passes over the split's pool, so every image is
     used once before any is used twice. Drawing with replacement would leave a third of the 3,500 training images
     unused in 3,000 clips, and the video model learns digit shapes from few examples: distinct images count. The
     shown digit is the image's label, so classes are as balanced as the pool (350 / 150 per class)."""
-    images = tuple(int(i) for i in np.concatenate(pool))
-    return int(_image_order(seed, split, index // len(images), images)[index % len(images)])
+    n = sum(len(p) for p in _sources().pools[split])
+    return int(_image_order(seed, split, index // n)[index % n])
 
 
 def clip_name(split: str, index: int) -> str:
@@ -462,7 +462,7 @@ def make_clip(cfg: AVDigitsConfig, split: str, index: int, out_dir: str | Path) 
     src = _sources(cfg)
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split), index, FORMAT_VERSION])
     pool = src.pools[split]
-    image = _image_for(cfg.seed, split, index, pool)
+    image = _image_for(cfg.seed, split, index)
     shown = int(src.labels[image])
     if cfg.mode == "same":
         spoken = shown
