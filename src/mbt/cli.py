@@ -1,4 +1,6 @@
-"""The `mbt` command line. Each sub-command is a thin wrapper over a library function."""
+"""The `mbt` command line. Each sub-command is a thin wrapper over a library function; the library is imported
+inside each command, so `mbt --help` is quick. Every error mbt raises on purpose is an `mbt.errors.MBTError`:
+`main` catches it (and the operating system's OSError) once and prints it as one line."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
+from .errors import ConfigError, MBTError, MissingFileError
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -20,6 +23,14 @@ def _positive_pair(text: str) -> tuple[int, int]:
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise argparse.ArgumentTypeError(f"expected two positive integers like '224 224' or '224x224', got {text!r}")
     return int(parts[0]), int(parts[1])
+
+
+def _comma_list(text: str) -> list[str]:
+    """'spectrogram, rgb' -> ['spectrogram', 'rgb'] (the one parser of comma-separated options)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list such as 'spectrogram,rgb', got {text!r}")
+    return items
 
 
 def _positive_int(text: str) -> int:
@@ -53,7 +64,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-test-with-bottlenecks", dest="test_with_bottlenecks", action="store_false",
                    help="evaluate a bottleneck model without any cross-modal exchange (Scenic's "
                         "test_with_bottlenecks=False)")
-    p.add_argument("--modality-fusion", default=None,
+    p.add_argument("--modality-fusion", type=_comma_list, default=None,
                    help="modality order, comma-separated (default: spectrogram,rgb, as in the released config; "
                         "only the order of the output tokens depends on it)")
     p.add_argument("--classifier", choices=("token", "gap", "gmp", "gsp"), default=None,
@@ -72,20 +83,18 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     from .weights.scenic import convert_checkpoint
 
-    modality_fusion = None if args.modality_fusion is None else [
-        m.strip() for m in args.modality_fusion.split(",") if m.strip()]
     config = convert_checkpoint(
         args.checkpoint, args.out_dir, fusion_layer=args.fusion_layer,
-        test_with_bottlenecks=args.test_with_bottlenecks, modality_fusion=modality_fusion,
+        test_with_bottlenecks=args.test_with_bottlenecks, modality_fusion=args.modality_fusion,
         classifier=args.classifier, num_frames=args.num_frames, image_size=args.image_size,
         spectrogram_shape=args.spectrogram_shape, n_sampled_frames=args.n_sampled_frames)
-    fusion = ("bottleneck" if config.use_bottleneck else "vanilla") + f" fusion at layer {config.fusion_layer}"
-    if config.fusion_layer == config.num_layers or len(config.modality_fusion) == 1:
-        fusion = "no fusion" if len(config.modality_fusion) == 1 else "late fusion"
-    print(f"wrote {args.out_dir} (config.json, model.safetensors): {'+'.join(config.modality_fusion)}, "
-          f"{config.num_layers} layers x {config.hidden_size} wide, {config.num_heads} heads, {fusion}"
-          f"{f', {config.n_bottlenecks} bottlenecks' if config.use_bottleneck else ''}, "
-          f"{config.classifier} head, {config.num_classes} classes")
+    print(f"wrote {args.out_dir} (config.json, model.safetensors, preprocessor_config.json): "
+          f"{'+'.join(config.modality_fusion)}, {config.num_layers} layers x {config.hidden_size} wide, "
+          f"{config.num_heads} heads, {config.describe_fusion()}, {config.classifier} head, "
+          f"{config.num_classes} classes")
+    print("preprocessor_config.json: the official AudioSet sampling and spectrogram statistics (mean 1.102, std "
+          "2.762) with mbt's log-mel front end; Google's exact extractor is unknown, so features differ slightly "
+          "(see README, 'Convert a Scenic checkpoint')", file=sys.stderr)
     return 0
 
 
@@ -175,12 +184,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from .engine.config import RunConfig
-    from .engine.trainer import train
-
-    from pathlib import Path
-
     from .engine.distributed import is_main_process
-    from .models.config import ConfigError
+    from .engine.trainer import train
 
     if not Path(args.config).is_file() and args.overrides:
         raise ConfigError(f"{args.config}: no such config file; give the config file first, then the overrides: "
@@ -225,24 +230,20 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
-    from .data.config import DataConfig
+    from .data.config import load_pretrained
     from .engine import distributed
     from .engine.config import SplitConfig
-    from .engine.evaluate import json_ready, evaluate_dataset, write_results
-    from .engine.trainer import read_split
-    from .models.mbt import MBT
+    from .engine.evaluate import evaluate_dataset, json_ready, write_results
 
     info = distributed.setup(args.device, field="--device")
     try:
-        model = MBT.from_pretrained(args.model_dir, map_location=info.device)
-        data_config = DataConfig.from_pretrained(args.model_dir)
+        model, data_config = load_pretrained(args.model_dir, map_location=info.device)
         if args.num_test_clips is not None:
             data_config = dataclasses.replace(data_config, num_test_clips=args.num_test_clips)
         split = SplitConfig(annotations=args.annotations, format=args.format, video_dir=args.video_dir,
                             labels=args.labels, split=args.split, max_clips=args.max_clips)
-        ann = read_split(split, model.config.label_names)
+        ann = split.read(model.config.label_names)
         if info.is_main:
             print(ann.summary(), file=sys.stderr)
         summary, rows = evaluate_dataset(model, ann, data_config, info.device, split="test",
@@ -262,7 +263,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    from .data.avdigits import AVDigitsConfig
+    from .avdigits.generator import AVDigitsConfig
 
     d = AVDigitsConfig()
     p = sub.add_parser(
@@ -315,7 +316,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data_avdigits(args: argparse.Namespace) -> int:
-    from .data.avdigits import AVDigitsConfig, generate
+    from .avdigits.generator import AVDigitsConfig, generate
 
     # Every option of the command is the config field of the same name.
     cfg = AVDigitsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AVDigitsConfig)
@@ -349,7 +350,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .engine.demo import run_demo
+    from .avdigits.demo import run_demo
 
     run_demo(args.out, train_clips=args.train_clips, test_clips=args.test_clips, epochs=args.epochs,
              seed=args.seed, tiny=args.tiny, workers=args.workers, progress=not args.quiet)
@@ -382,13 +383,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from .analysis.predict import format_table, predict_files, write_predictions
-    from .data.config import DataConfig
-    from .models.mbt import MBT
+    from .data.config import load_pretrained
 
     if args.output and Path(args.output).suffix.lower() not in (".json", ".csv"):
-        raise ValueError(f"--output {args.output}: use a .json or .csv file name")
-    model = MBT.from_pretrained(args.model_dir, map_location=args.device)
-    data_config = DataConfig.from_pretrained(args.model_dir)
+        raise ConfigError(f"--output {args.output}: use a .json or .csv file name")
+    model, data_config = load_pretrained(args.model_dir, map_location=args.device)
     preds, report = predict_files(model, args.videos, data_config, clips=args.clips, k=args.top_k,
                                   batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                                   progress=not args.quiet)
@@ -422,13 +421,12 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 
 def _run_explain(args: argparse.Namespace) -> int:
     from .analysis.explain import explain_video
-    from .data.config import DataConfig
-    from .models.mbt import MBT
+    from .data.config import load_pretrained
 
     if not Path(args.video).is_file():
-        raise FileNotFoundError(f"{args.video}: no such file")
-    model = MBT.from_pretrained(args.model_dir)
-    summary = explain_video(model, args.video, DataConfig.from_pretrained(args.model_dir), args.out, k=args.top_k)
+        raise MissingFileError(f"{args.video}: no such file")
+    model, data_config = load_pretrained(args.model_dir)
+    summary = explain_video(model, args.video, data_config, args.out, k=args.top_k)
     top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in summary["top"])
     share = ", ".join(f"{k} {v:.2f}" for k, v in summary["relevance"].items())
     print(f"{args.video}: {top}\nrelevance: {share}\nwrote {', '.join(summary['files'])} and explain.json "
@@ -465,7 +463,7 @@ def _add_flops(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="write a PNG of GFLOPs against fusion layer (implies --sweep)")
     p.add_argument("--output", default=None, metavar="FILE", help="also write the rows as .json or .csv")
-    p.add_argument("--modalities", default=None, metavar="M[,M]",
+    p.add_argument("--modalities", type=_comma_list, default=None, metavar="M[,M]",
                    help="modalities given at inference, comma-separated (default: all of the model's)")
     p.add_argument("--num-classes", type=_positive_int, default=None,
                    help="classes of the head (default: the config's; 527 when a run config leaves it to the "
@@ -474,9 +472,10 @@ def _add_flops(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_flops(args: argparse.Namespace) -> int:
-    from .analysis.flops import describe, format_table, load_config, plot_sweep, single_row, sweep, write_rows
+    from .analysis.flops import (describe, format_table, load_config, plot_sweep, scenic_schedule_differs, single_row,
+                                 sweep, write_rows)
 
-    modalities = None if args.modalities is None else [m.strip() for m in args.modalities.split(",") if m.strip()]
+    modalities = args.modalities
     config, notes = load_config(args.source, num_classes=args.num_classes)
     for note in notes:
         print(f"source: {note}")
@@ -487,9 +486,7 @@ def _run_flops(args: argparse.Namespace) -> int:
         rows = sweep(config, modalities)
     else:
         rows = [single_row(config, modalities)]
-        present = modalities if modalities is not None else config.modality_fusion
-        if (not config.use_bottleneck and not config.share_encoder and len(present) > 1
-                and config.fusion_layer < config.num_layers):
+        if scenic_schedule_differs(config, modalities):
             rows.append(single_row(config, modalities, scenic_vanilla_schedule=True))
     print()
     print(format_table(rows))
@@ -520,7 +517,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
             "  mbt export runs/as/model --onnx mbt-audio.onnx --modalities spectrogram --batch-size 4 --check\n"))
     p.add_argument("model_dir", help="model directory (config.json, model.safetensors)")
     p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
-    p.add_argument("--modalities", default=None, metavar="M[,M]",
+    p.add_argument("--modalities", type=_comma_list, default=None, metavar="M[,M]",
                    help="graph inputs, comma-separated (default: all of the model's modalities)")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="fixed batch size (default: 1)")
     p.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default: 18)")
@@ -530,17 +527,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .analysis.export import export_onnx
 
-    modalities = None if args.modalities is None else [m.strip() for m in args.modalities.split(",") if m.strip()]
-    try:
-        info = export_onnx(args.model_dir, args.onnx, modalities=modalities, batch_size=args.batch_size,
-                           opset=args.opset, check=args.check)
-    except ImportError as e:
-        print(f"mbt export: error: {e}", file=sys.stderr)
-        return 1
+    info = export_onnx(args.model_dir, args.onnx, modalities=args.modalities, batch_size=args.batch_size,
+                       opset=args.opset, check=args.check)
     size = sum(f.stat().st_size for f in Path(args.onnx).parent.glob(Path(args.onnx).name + "*"))
     print(f"wrote {info['path']} (opset {info['opset']}, {size / 1e6:.1f} MB"
           f"{', weights in ' + info['path'] + '.data' if info['external_data'] else ''})")
@@ -577,18 +567,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .data.annotations import AnnotationError
-    from .data.avdigits import AVDigitsError
-    from .data.decode import MediaError
-    from .data.speech import SpeechError
-    from .models.config import ConfigError
-    from .weights.io import CheckpointError
-
     try:
         return args.func(args)
-    except (CheckpointError, ConfigError, AnnotationError, MediaError, OSError, ValueError, AVDigitsError,
-            SpeechError) as e:
-        # Expected failures (bad file, bad option) get one line, not a traceback.
+    except (MBTError, OSError) as e:
+        # Expected failures (a bad file, option or value; a disk that is full) get one line, not a traceback.
         print(f"mbt {args.command}: error: {e}", file=sys.stderr)
         return 1
 

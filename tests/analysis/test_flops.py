@@ -130,7 +130,7 @@ def test_mbt_b16x2_within_1_5_percent_of_the_official_count():
 
 
 def test_demo_keeps_its_imports():
-    from mbt.engine import demo
+    from mbt.avdigits import demo
 
     assert demo.flop_count is flop_count and demo.parameter_count is parameter_count
     assert flop_count(TINY) == {"gmacs": hand_macs(TINY) / 1e9, "gflops": 2 * hand_macs(TINY) / 1e9}

@@ -13,7 +13,7 @@ from mbt.analysis.predict import find_videos, predict_arrays, predict_files, top
 from mbt.data import DataConfig
 from mbt.models.mbt import MBT
 
-from ..engine.test_demo import png_size, run_cli
+from ..avdigits.test_demo import png_size, run_cli
 
 
 def test_top_k_scores_follow_the_problem_type(model_dir):

@@ -134,9 +134,9 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 def _slow_train_script(config: Path, extra: list[str]) -> list[str]:
     # The training under test, slowed to 0.4 s per step from outside the library so the test can kill it mid-run.
-    code = ("import sys, time; import mbt.engine.trainer as t; step = t._train_step\n"
+    code = ("import sys, time; import mbt.engine.trainer as t; step = t.Trainer.train_step\n"
             "def slow(*a, **k):\n    time.sleep(0.4); return step(*a, **k)\n"
-            "t._train_step = slow\nfrom mbt.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+            "t.Trainer.train_step = slow\nfrom mbt.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     return ["-c", code, "train", str(config), *extra]
 
 
@@ -328,3 +328,39 @@ def test_two_processes_survive_a_share_of_unreadable_clips(clip_dirs, tmp_path):
     skipped = [int(r["skipped"]) for r in log]
     assert skipped[0] == 4 and sum(skipped[:2]) == 4 and sum(skipped[2:]) == 4  # the 4 bad clips, each epoch
     assert MBT.from_pretrained(tmp_path / "run" / "model").config.modality_fusion == ("rgb",)
+
+
+def test_trainer_steps_are_methods(clip_dirs, tmp_path, monkeypatch):
+    """The Trainer's set-up sizes the run from the annotations alone before measuring anything (a warm-up longer
+    than the run is refused before the spectrogram statistics are computed), and its steps can be driven one by
+    one: a train_step on a batch lowers the loss on that batch, and save_model writes a loadable directory."""
+    import mbt.engine.trainer as trainer_module
+    from mbt.data import load_pretrained
+    from mbt.data.datasets import VideoDataset, collate
+    from mbt.engine.distributed import DistInfo
+    from mbt.engine.trainer import Trainer
+
+    def no_stats(*args, **kwargs):
+        raise AssertionError("statistics measured before the run's length was checked")
+
+    monkeypatch.setattr(trainer_module, "compute_stats", no_stats)
+    long_warmup = write_config(tmp_path / "warm.yaml", clip_dirs["train"], tmp_path / "warm",
+                               optim={"epochs": 1, "warmup_epochs": 2},
+                               data={"front_end": {"num_mel_bins": 32, "mean": "auto", "std": "auto"}})
+    with pytest.raises(ConfigError, match="warmup_epochs = 2.0 is 6 steps, but the run has 3 steps"):
+        Trainer(RunConfig.from_yaml(long_warmup), DistInfo()).setup()
+
+    cfg = RunConfig.from_yaml(write_config(tmp_path / "run.yaml", clip_dirs["train"], tmp_path / "run",
+                                           optim={"lr": 1e-2, "warmup_epochs": 0}))
+    t = Trainer(cfg, DistInfo())
+    t.setup()
+    assert (t.micro, t.steps_per_epoch, t.total, t.step) == (8, 3, 18, 0)
+    data = VideoDataset(t.train_ann, t.data_config, split="val")
+    batch = collate([data[i] for i in range(8)])
+    losses = [t.train_step([batch])["loss"] for _ in range(5)]
+    assert losses[-1] < losses[0]
+    t.step = 5
+    model_dir = t.save_model()
+    model, data_config = load_pretrained(model_dir)
+    assert data_config == t.data_config
+    torch.testing.assert_close(model.state_dict(), t.model.state_dict())

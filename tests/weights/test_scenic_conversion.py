@@ -129,7 +129,8 @@ def test_mbt_convert_reproduces_fixture_logits(ckpt, name, flags, tmp_path, load
     out_dir = tmp_path / "model"
     assert main(["convert", str(fixture_dir() / ckpt / "checkpoint_1"), str(out_dir), *flags]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert sorted(p.name for p in out_dir.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["config.json", "model.safetensors",
+                                                         "preprocessor_config.json"]
     model = MBT.from_pretrained(out_dir)
     assert not model.training
     assert fixture_logits(fx, model) <= 1e-5
@@ -142,6 +143,39 @@ def test_mbt_convert_console_script_runs(tmp_path):
          str(tmp_path / "m"), "--fusion-layer", "2", *FIXTURE_FLAGS], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "m" / "config.json").read_text())["fusion_layer"] == 2
+
+
+def test_converted_model_predicts_and_evaluates_at_once(tmp_path, capsys):
+    """`mbt convert` writes the data config the model expects (the official AudioSet sampling and statistics, shapes
+    from the model), so `mbt predict` and `mbt eval` run on the converted directory with nothing written by hand."""
+    from mbt.data import DataConfig, load_pretrained
+    from mbt.data.synthetic import tone_schedule, write_media
+
+    out_dir = tmp_path / "model"
+    assert main(["convert", str(fixture_dir() / "checkpoint_a" / "checkpoint_1"), str(out_dir), "--fusion-layer",
+                 "2", *FIXTURE_FLAGS]) == 0
+    assert "Google's exact extractor is unknown" in capsys.readouterr().err
+    model, data = load_pretrained(out_dir)
+    assert isinstance(data, DataConfig) and data.modalities == tuple(model.config.modality_fusion)
+    assert (data.fps, data.stride, data.min_resize, data.num_test_clips) == (25.0, 2, 256, 4)
+    assert (data.num_frames, data.crop_size, data.spec_shape) == (8, (32, 32), (100, 32))
+    assert (data.front_end.name, data.front_end.mean, data.front_end.std) == ("logmel", 1.102, 2.762)
+
+    videos = [write_media(tmp_path / f"clip{i}.mp4", duration=2.0, size=(40, 48), fps=25,
+                          audio_fn=tone_schedule([440.0 * (i + 1)], amplitude=0.3)) for i in range(2)]
+    assert main(["predict", str(out_dir), *map(str, videos), "--top-k", "2", "--quiet",
+                 "--output", str(tmp_path / "p.json")]) == 0
+    preds = json.loads((tmp_path / "p.json").read_text())
+    assert [p["streams"] for p in preds] == [["audio", "video"]] * 2
+    assert all(len(p["top"]) == 2 and 0 <= p["top"][0]["score"] <= 1 for p in preds)
+
+    n = model.config.num_classes
+    (tmp_path / "labels.txt").write_text("\n".join(f"class_{k}" for k in range(n)) + "\n")
+    (tmp_path / "eval.csv").write_text("path,label\nclip0.mp4,class_0\nclip1.mp4,class_1\n")
+    assert main(["eval", str(out_dir), str(tmp_path / "eval.csv"), "--labels", str(tmp_path / "labels.txt"),
+                 "--output", str(tmp_path / "eval"), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_videos"] == 2 and metrics["num_skipped"] == 0 and metrics["clips_per_video"] == 4
 
 
 def write_msgpack(path, tree):

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from ..data.config import DataConfig
 from ..data.datasets import VideoDataset
+from ..models.config import STREAM
 from ..models.mbt import MBT
-from .predict import STREAM, top_k, unlabelled
+from .predict import top_k, unlabelled
 from .rollout import Rollout, attention_rollout
 
 

@@ -34,6 +34,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..data.config import load_pretrained
+from ..errors import ConfigError, DependencyError
 from ..models.config import MBTConfig
 from ..models.mbt import MBT
 
@@ -98,20 +100,6 @@ def describe_io(config: MBTConfig, modalities: Sequence[str] | None = None, batc
     return "\n".join(lines)
 
 
-def _load(model_dir_or_model: str | Path | MBT) -> tuple[MBT, Any]:
-    """The model and its data config (None when there is no preprocessor_config.json)."""
-    if isinstance(model_dir_or_model, MBT):
-        return model_dir_or_model, None
-    from ..data.config import DataConfig
-    from ..weights.io import PREPROCESSOR_NAME
-
-    model = MBT.from_pretrained(model_dir_or_model)
-    data_config = None
-    if (Path(model_dir_or_model) / PREPROCESSOR_NAME).is_file():
-        data_config = DataConfig.from_pretrained(model_dir_or_model)
-    return model, data_config
-
-
 def export_onnx(model_dir_or_model: str | Path | MBT, path: str | Path, modalities: Sequence[str] | None = None,
                 batch_size: int = 1, opset: int = ONNX_OPSET, external_data: bool | None = None,
                 check: bool = False) -> dict[str, Any]:
@@ -135,11 +123,14 @@ def export_onnx(model_dir_or_model: str | Path | MBT, path: str | Path, modaliti
     Returns: {'path', 'inputs' ({name: shape}), 'output' (shape), 'opset', 'external_data', 'description'
       (describe_io's text), and with `check` 'max_abs_diff'}.
     """
-    model, data_config = _load(model_dir_or_model)
+    if isinstance(model_dir_or_model, MBT):
+        model, data_config = model_dir_or_model, None
+    else:  # the data config, when the directory has one, describes the preprocessing
+        model, data_config = load_pretrained(model_dir_or_model, require_data_config=False)
     config = model.config
     present = config.select_modalities(modalities)
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size = {batch_size!r}: must be an integer >= 1")
+        raise ConfigError(f"batch_size = {batch_size!r}: must be an integer >= 1")
     shapes = input_shapes(config, present, batch_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +140,7 @@ def export_onnx(model_dir_or_model: str | Path | MBT, path: str | Path, modaliti
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"ONNX export needs the onnx and onnxscript packages ({e}); install them with "
+        raise DependencyError(f"ONNX export needs the onnx and onnxscript packages ({e}); install them with "
                           "pip install \"mbt-torch[export]\"") from None
 
     was_training = model.training
@@ -194,7 +185,7 @@ def check_onnx(path: str | Path, wrapper: LogitsModel, example: Sequence[Tensor]
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise ImportError("checking the export needs onnxruntime: pip install onnxruntime") from None
+        raise DependencyError("checking the export needs onnxruntime: pip install onnxruntime") from None
     was_training = wrapper.model.training
     wrapper.model.eval()
     try:

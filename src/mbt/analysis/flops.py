@@ -28,8 +28,10 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from ..models.config import MODALITIES, PRESETS, ConfigError, MBTConfig
-from ..models.mbt import MBT
+from ..errors import ConfigError, InputError
+from ..models.config import MODALITIES, PRESETS, MBTConfig
+from ..models.mbt import MBT, fusion_plan
+from ..models.pretrained import CONFIG_NAME
 
 # The fallback when a run config leaves num_classes to the training annotations: AudioSet's 527 classes (also the
 # default of MBTConfig and of the mbt-b16x2 preset).
@@ -66,8 +68,6 @@ def load_config(source: str | Path | MBTConfig, num_classes: int | None = None) 
     else:
         path = Path(source)
         if path.is_dir():
-            from ..weights.io import CONFIG_NAME
-
             config = MBTConfig.from_json_file(path / CONFIG_NAME)
             notes.append(f"model directory {path} ({CONFIG_NAME}; weights not read)")
         elif path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
@@ -102,18 +102,9 @@ def load_config(source: str | Path | MBTConfig, num_classes: int | None = None) 
 def describe(config: MBTConfig) -> str:
     """One line: modalities, depth and width, fusion, head, classes, and the input shapes."""
     mods = config.modality_fusion
-    if len(mods) == 1:
-        fusion = "single modality"
-    elif config.fusion_layer == config.num_layers:
-        fusion = "late fusion"
-    else:
-        kind = "bottleneck" if config.use_bottleneck else ("vanilla (shared encoder)" if config.share_encoder
-                                                           else "vanilla")
-        fusion = f"{kind} fusion from layer {config.fusion_layer}"
-    bn = f", {config.n_bottlenecks} bottlenecks" if config.use_bottleneck and len(mods) > 1 else ""
     shapes = ", ".join(f"{m} {'x'.join(map(str, config.input_shape(m)))} ({config.num_tokens(m)} tokens)"
                        for m in mods)
-    return (f"{'+'.join(mods)}, {config.num_layers} layers x {config.hidden_size} wide, {fusion}{bn}, "
+    return (f"{'+'.join(mods)}, {config.num_layers} layers x {config.hidden_size} wide, {config.describe_fusion()}, "
             f"{config.classifier} head, {config.num_classes} classes; inputs {shapes}")
 
 
@@ -186,6 +177,13 @@ def sweep(config: MBTConfig, modalities: Sequence[str] | None = None,
     return rows
 
 
+def scenic_schedule_differs(config: MBTConfig, modalities: Sequence[str] | None = None) -> bool:
+    """Whether Scenic's literal vanilla schedule costs more than ours: some block of the fusion plan (eval mode)
+    attends over other modalities' tokens as context (vanilla fusion, separate weights, two modalities given)."""
+    present = config.select_modalities(modalities)
+    return any(run.context for step in fusion_plan(config, present, training=False) for run in step.runs)
+
+
 def single_row(config: MBTConfig, modalities: Sequence[str] | None = None,
                scenic_vanilla_schedule: bool = False) -> dict[str, Any]:
     """`count_flops` as a table row, its 'fusion' named after the config (bottleneck, vanilla, late, none)."""
@@ -234,7 +232,7 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
                 w.writerow({**{k: r.get(k) for k in keys[:7]}, "modalities": "+".join(r["modalities"]),
                             **{f"tokens_{m}": r["tokens"].get(m, "") for m in MODALITIES}})
     else:
-        raise ValueError(f"{path}: give a .json or .csv file for the counts")
+        raise InputError(f"{path}: give a .json or .csv file for the counts")
     return path
 
 
@@ -272,5 +270,5 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str | No
     return path
 
 
-__all__ = ["DEFAULT_NUM_CLASSES", "FUSION_TYPES", "load_config", "describe", "parameter_count", "count_flops",
+__all__ = ["DEFAULT_NUM_CLASSES", "FUSION_TYPES", "load_config", "describe", "scenic_schedule_differs", "parameter_count", "count_flops",
            "flop_count", "sweep", "single_row", "format_table", "write_rows", "plot_sweep"]

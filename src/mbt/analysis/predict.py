@@ -16,16 +16,16 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from ..data.annotations import Annotations, Record
 from ..data.config import DataConfig
-from ..data.datasets import SkipReport, VideoDataset, make_loader
-from ..engine.evaluate import predict_batch, streams_present
+from ..data.datasets import SkipReport, VideoDataset
+from ..engine.evaluate import scored_batches, streams_present
+from ..errors import InputError, MissingFileError
+from ..models.config import STREAM
 from ..models.mbt import MBT
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
-STREAM = {"rgb": "video", "spectrogram": "audio"}
 
 
 @dataclass
@@ -57,7 +57,7 @@ def label_names(model: MBT) -> list[str]:
 def scores(logits: Tensor, model: MBT) -> Tensor:
     """(N, C) logits -> (N, C) scores for the model's problem type."""
     cfg = model.config
-    kind = cfg.problem_type or "multi_label"
+    kind = cfg.task
     if kind == "single_label":
         return logits.softmax(dim=-1)
     if kind == "multi_head":
@@ -70,7 +70,7 @@ def top_k(logits: Tensor, model: MBT, k: int = 5) -> list[list[tuple[str, float]
     names, cfg = label_names(model), model.config
     probs = scores(logits.float(), model)
     groups = [(0, cfg.num_classes)]
-    if (cfg.problem_type == "multi_head") and cfg.heads:
+    if cfg.task == "multi_head" and cfg.heads:
         groups, start = [], 0
         for size in cfg.heads.values():
             groups.append((start, start + size))
@@ -110,12 +110,12 @@ def find_videos(paths: Iterable[str | Path]) -> list[str]:
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
             if not files:
-                raise FileNotFoundError(f"{p}: a folder with no video files ({', '.join(VIDEO_EXTENSIONS)})")
+                raise MissingFileError(f"{p}: a folder with no video files ({', '.join(VIDEO_EXTENSIONS)})")
             found += [str(f) for f in files]
         elif p.is_file():
             found.append(str(p))
         else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise MissingFileError(f"{p}: no such file or folder")
     return found
 
 
@@ -132,13 +132,10 @@ def predict_files(model: MBT, paths: Sequence[str | Path], data_config: DataConf
     ann = unlabelled(files, model, "predict")
     dc = dataclasses.replace(data_config, num_test_clips=clips, missing_stream="flag")
     dataset = VideoDataset(ann, dc, split="test", on_error="skip")
-    loader = make_loader(dataset, batch_size, num_workers=num_workers, drop_last=False, shuffle=False)
     report, out = SkipReport(), []
-    for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
-        report.update(batch)
-        if batch["size"] == 0:
-            continue
-        logits = predict_batch(model, batch, device)
+    for batch, scored in scored_batches(model, dataset, device, batch_size=batch_size, num_workers=num_workers,
+                                        progress=progress, desc="predict", report=report):
+        logits = scored[None]
         present = streams_present(batch, model.config.modality_fusion)
         for i, (best, row) in enumerate(zip(top_k(logits, model, k), logits)):
             out.append(Prediction(batch["path"][i], present[i], best, row.tolist()))
@@ -161,7 +158,7 @@ def write_predictions(predictions: Sequence[Prediction], path: str | Path) -> Pa
                 for rank, (label, score) in enumerate(p.top, start=1):
                     w.writerow([p.source, streams, rank, label, f"{score:.6f}"])
     else:
-        raise ValueError(f"{path}: unknown output format {path.suffix!r}; use .json or .csv")
+        raise InputError(f"{path}: unknown output format {path.suffix!r}; use .json or .csv")
     return path
 
 

@@ -6,14 +6,15 @@ how much each input token contributed to output token i.
 
 MBT runs one block per modality and layer, so the layer matrix is assembled over one global token index:
   [tokens of each present modality, in `modality_fusion` order (CLS first with the token head) ; bottleneck tokens]
-  - layers before `fusion_layer` (or no fusion): block-diagonal, each modality over its own tokens; the bottleneck
-    tokens are carried unchanged (identity rows);
-  - bottleneck fusion: modality m's block attends over [own tokens ; bottleneck]; its own rows come from that, and
-    the new bottleneck rows are the mean over modalities of each modality's bottleneck rows (Scenic averages the
-    updated bottleneck copies);
+The modality spans are the model's own (`MBTOutput.token_slices`). Each layer follows the model's fusion plan
+(`MBT.fusion_plan`, the schedule `forward` walks): a block run attends from its query token sets over
+[context ; queries], so its rows of the layer matrix are its attention placed at those columns; a token set that
+several runs update (the bottleneck: one copy per modality, averaged by the model) gets the mean of their rows; a
+set that no run updates (the bottleneck before `fusion_layer`) is carried unchanged (identity rows). So:
+  - layers before `fusion_layer` (or no fusion): block-diagonal, each modality over its own tokens;
+  - bottleneck fusion: modality m's rows over [own tokens ; bottleneck], bottleneck rows the mean over modalities;
   - vanilla fusion, shared encoder: one block over all tokens;
-  - vanilla fusion, separate weights: modality m's queries attend over [other modalities (rgb, spectrogram order) ;
-    own tokens].
+  - vanilla fusion, separate weights: modality m's queries over [other modalities (rgb, spectrogram order) ; own].
 The classification output reads the final tokens: with a pooled head ('gap', 'gmp', 'gsp') their mean, with the
 token head the mean of the modalities' CLS tokens (the logits are the mean of the per-CLS logits). The relevance of
 the input tokens is that output row of R; it is returned as a heat map over each modality's patch grid.
@@ -30,7 +31,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import Tensor
 
-from ..models.mbt import MBT, MODALITIES, Attention
+from ..models.mbt import BOTTLENECK, MBT, Attention
 
 
 @contextlib.contextmanager
@@ -87,62 +88,44 @@ def attention_rollout(model: MBT, inputs: Mapping[str, Tensor | None]) -> Rollou
     cfg = model.config
     with record_attention(model) as attn:
         out = model(inputs)
-    present = model.present_modalities(inputs)
+    present = list(out.token_slices)
+    plan = model.fusion_plan(present)  # the schedule the forward pass just walked
     batch = out.logits.shape[0]
-    n_tokens = {m: cfg.num_tokens(m) for m in present}
-    fusing = model.fuses()  # eval mode
-    n_b = cfg.n_bottleneck_tokens if (cfg.use_bottleneck and fusing and cfg.fusion_layer < cfg.num_layers) else 0
-    spans: dict[str, slice] = {}
-    start = 0
-    for m in present:
-        spans[m] = slice(start, start + n_tokens[m])
-        start += n_tokens[m]
-    if n_b:
-        spans["bottleneck"] = slice(start, start + n_b)
-    total = start + n_b
+    spans: dict[str, slice] = dict(out.token_slices)
+    total = out.tokens.shape[1]
+    if model.uses_bottleneck():
+        spans[BOTTLENECK] = slice(total, total + cfg.n_bottleneck_tokens)
+        total += cfg.n_bottleneck_tokens
+    columns = {name: torch.arange(s.start, s.stop) for name, s in spans.items()}
     eye = torch.eye(total, dtype=torch.float32).expand(batch, total, total)
     rollout = eye.clone()
     calls = iter(attn)
-    for layer in range(cfg.num_layers):
+    for step in plan:
         a_layer = eye.clone()
-        if not fusing or layer < cfg.fusion_layer:
-            for m in present:
-                s = spans[m]
-                a_layer[:, s, s] = _residual(next(calls))
-        elif cfg.use_bottleneck:
-            b = spans["bottleneck"]
-            a_layer[:, b, :] = 0.0
-            for m in present:
-                s = spans[m]
-                a = _residual(next(calls))  # (B, N_m + n_b, N_m + n_b) over [own ; bottleneck]
-                cols = torch.cat([torch.arange(s.start, s.stop), torch.arange(b.start, b.stop)])
-                own = torch.zeros(batch, n_tokens[m], total)
-                own[:, :, cols] = a[:, : n_tokens[m]]
-                a_layer[:, s, :] = own
-                bn = torch.zeros(batch, n_b, total)
-                bn[:, :, cols] = a[:, n_tokens[m]:]
-                a_layer[:, b, :] += bn / len(present)
-        elif cfg.share_encoder:
-            joint = slice(0, total)
-            a_layer[:, joint, joint] = _residual(next(calls))
-        else:
-            for m in present:
-                s = spans[m]
-                others = [o for o in MODALITIES if o != m and o in spans]
-                cols = torch.cat([torch.arange(spans[o].start, spans[o].stop) for o in others + [m]])
-                rows = torch.zeros(batch, n_tokens[m], total)
-                rows[:, :, cols] = _residual(next(calls))
-                a_layer[:, s, :] = rows
+        rows: dict[str, list[Tensor]] = {}
+        for run in step.runs:
+            record = next(calls, None)
+            if record is None:
+                raise RuntimeError("attention rollout: the model made fewer attention calls than its fusion plan")
+            cols = torch.cat([columns[name] for name in run.context + run.queries])
+            n_queries = len(cols) - sum(len(columns[c]) for c in run.context)
+            a = _residual(record)[:, -n_queries:]  # (B, queries, keys): the queries are the last keys
+            placed = torch.zeros(batch, n_queries, total)
+            placed[:, :, cols] = a
+            for q, part in zip(run.queries, placed.split([len(columns[q]) for q in run.queries], dim=1)):
+                rows.setdefault(q, []).append(part)
+        for q, parts in rows.items():
+            a_layer[:, spans[q], :] = torch.stack(parts).mean(dim=0)
         rollout = a_layer @ rollout
     if next(calls, None) is not None:
-        raise RuntimeError("attention rollout: the model made more attention calls than its schedule has")
+        raise RuntimeError("attention rollout: the model made more attention calls than its fusion plan has")
 
     # The output row: mean of the CLS rows (token head) or of all final modality tokens (pooled heads).
     if cfg.classifier == "token":
-        rows = [spans[m].start for m in present]
+        output_rows = [spans[m].start for m in present]
     else:
-        rows = [i for m in present for i in range(spans[m].start, spans[m].stop)]
-    relevance = rollout[:, rows].mean(dim=1)  # (B, total)
+        output_rows = [i for m in present for i in range(spans[m].start, spans[m].stop)]
+    relevance = rollout[:, output_rows].mean(dim=1)  # (B, total)
     maps = {}
     for m in present:
         s = spans[m]
@@ -152,7 +135,7 @@ def attention_rollout(model: MBT, inputs: Mapping[str, Tensor | None]) -> Rollou
             n = len(cfg.rgb_frame_indices)
             grid = (n, grid[1] // n, grid[2])  # frames were stacked along h
         maps[m] = patches.reshape(batch, *grid)
-    bottleneck = relevance[:, spans["bottleneck"]] if n_b else None
+    bottleneck = relevance[:, spans[BOTTLENECK]] if BOTTLENECK in spans else None
     return Rollout(out.logits, relevance, maps, bottleneck, spans)
 
 

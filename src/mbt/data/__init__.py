@@ -11,7 +11,7 @@ augmentation and dataset formats.
 from .annotations import (FORMATS, AnnotationError, Annotations, Record, VideoIndex, detect_format, read_annotations,
                           read_audioset, read_csv, read_epic_kitchens, read_kinetics, read_vggsound)
 from .audio import AudioFrontEnd, FrontEndConfig, fbank, kaldi_fbank, logmel
-from .config import PREPROCESSOR_NAME, AugmentConfig, DataConfig
+from .config import PREPROCESSOR_NAME, AugmentConfig, DataConfig, load_pretrained
 from .datasets import SkipReport, Skipped, VideoDataset, clip_bounds, collate, make_loader
 from .decode import MediaError, MediaInfo, MediaReader, probe
 from .transforms import VideoTransform, mixup, spec_augment
@@ -19,7 +19,7 @@ from .transforms import VideoTransform, mixup, spec_augment
 __all__ = [
     "FORMATS", "AnnotationError", "Annotations", "Record", "VideoIndex", "detect_format", "read_annotations",
     "read_audioset", "read_csv", "read_epic_kitchens", "read_kinetics", "read_vggsound", "AudioFrontEnd",
-    "FrontEndConfig", "fbank", "kaldi_fbank", "logmel", "PREPROCESSOR_NAME", "AugmentConfig", "DataConfig",
+    "FrontEndConfig", "fbank", "kaldi_fbank", "logmel", "PREPROCESSOR_NAME", "AugmentConfig", "DataConfig", "load_pretrained",
     "SkipReport", "Skipped", "VideoDataset", "clip_bounds", "collate", "make_loader", "MediaError", "MediaInfo",
     "MediaReader", "probe", "VideoTransform", "mixup", "spec_augment",
 ]

@@ -34,14 +34,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..errors import AnnotationError
+
 MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".3gp",
                     ".wav", ".flac", ".m4a", ".mp3", ".ogg", ".opus", ".aac")
 FORMATS = ("audioset", "vggsound", "epic", "kinetics", "csv")
 HEADER_PATH_NAMES = ("path", "file", "filename", "filepath", "video", "video_path", "clip")
-
-
-class AnnotationError(ValueError):
-    """A malformed annotation file; the message names the file, the line and the fix."""
 
 
 @dataclass(frozen=True)

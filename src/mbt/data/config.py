@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..models.config import MODALITIES, ConfigError
-from ..weights.io import PREPROCESSOR_NAME
+from ..errors import ConfigError
+from ..models.config import MODALITIES
+from ..models.pretrained import PREPROCESSOR_NAME
 from .audio import FrontEndConfig
 
 MISSING_STREAM_POLICIES = ("flag", "error")
@@ -193,9 +194,30 @@ class DataConfig:
         try:
             d = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file (a model directory trained or converted by mbt holds it; "
-                              "for a converted Scenic model, write one with DataConfig.for_model(...).save(dir))"
+            raise ConfigError(f"{path}: no such file (a model directory written by `mbt train` or `mbt convert` "
+                              "holds it; for another, write one with DataConfig.for_model(model.config).save(dir))"
                               ) from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(d, source=str(path))
+
+
+def load_pretrained(directory: str | Path, map_location: str | Any = "cpu", require_data_config: bool = True):
+    """A model directory -> (model, data config): `MBT.from_pretrained` (eval mode, on `map_location`) and its
+    preprocessor_config.json, checked against the model. Without that file the data config is an error naming it
+    (`require_data_config`) or None. This is what `mbt eval`, `mbt predict`, `mbt explain`, `mbt export` and the
+    demo load.
+
+        model, data_config = load_pretrained("runs/as/model")
+    """
+    from ..models.mbt import MBT
+
+    model = MBT.from_pretrained(directory, map_location=map_location)
+    if not require_data_config and not (Path(directory) / PREPROCESSOR_NAME).is_file():
+        return model, None
+    data_config = DataConfig.from_pretrained(directory)
+    try:
+        data_config.check_model(model.config)
+    except ConfigError as e:
+        raise ConfigError(f"{Path(directory) / PREPROCESSOR_NAME}: {e}") from None
+    return model, data_config

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..models.config import STREAM
 from .annotations import Annotations, Record
 from .audio import AudioFrontEnd
 from .config import DataConfig
@@ -135,11 +136,11 @@ class VideoDataset(Dataset):
             has = {"rgb": info.video is not None, "spectrogram": info.audio is not None}
             wanted = list(cfg.modalities)
             if not any(has[m] for m in wanted):
-                raise MediaError(record.path, f"none of the configured streams ({', '.join(_stream(m) for m in wanted)})"
+                raise MediaError(record.path, f"none of the configured streams ({', '.join(STREAM[m] for m in wanted)})"
                                               " is in the file")
             for m in wanted:
                 if not has[m] and cfg.missing_stream == "error":
-                    raise MediaError(record.path, f"no {_stream(m)} stream")
+                    raise MediaError(record.path, f"no {STREAM[m]} stream")
             len_rgb = len_spec = None
             if "rgb" in wanted and has["rgb"]:
                 v_end = min(end, info.video.start + info.video.duration)
@@ -254,10 +255,6 @@ class _MemoReader:
         if hi > lo:
             out[lo - i0:hi - i0] = wave[lo:hi]
         return out
-
-
-def _stream(modality: str) -> str:
-    return "video" if modality == "rgb" else "audio"
 
 
 # ---------------------------------------------------------------------------------------------------- batching

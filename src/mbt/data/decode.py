@@ -20,6 +20,8 @@ from typing import Sequence
 import av
 import numpy as np
 
+from ..errors import MediaError
+
 # A stream may end this much before the time asked for: the last frame is shown for a frame's duration, and
 # audio/video streams of one file often differ in length by a few tens of milliseconds.
 END_TOLERANCE = 0.1  # seconds
@@ -28,14 +30,6 @@ END_TOLERANCE = 0.1  # seconds
 STREAM_LENGTH_SLACK = 2.0  # seconds
 # Times further apart than this are fetched with separate seeks rather than by decoding through the gap.
 SEEK_GAP = 2.0  # seconds
-
-
-class MediaError(Exception):
-    """A media file that cannot be used. `str(error)` is '<path>: <reason>'."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from ..errors import InputError
 from .annotations import Annotations
 from .config import DataConfig
 from .datasets import SkipReport, VideoDataset, make_loader
@@ -52,7 +53,7 @@ def compute_stats(annotations: Annotations, config: DataConfig, max_clips: int |
         count += x.numel()
         clips += int(keep.sum())
     if count == 0:
-        raise ValueError(f"{annotations.source}: no clip with audio could be read, so there are no statistics "
+        raise InputError(f"{annotations.source}: no clip with audio could be read, so there are no statistics "
                          f"({report.summary()})")
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt()

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..weights.io import CheckpointError, atomic_write
+from ..errors import CheckpointError
+from ..models.pretrained import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d+)\.pt$")

@@ -23,12 +23,14 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from ..data.annotations import Annotations, detect_format, read_annotations
 from ..data.config import DataConfig
-from ..models.config import PRESETS, ConfigError, MBTConfig
+from ..errors import ConfigError
+from ..models.config import PRESETS, MBTConfig
+from ..weights.vit import KERNEL_INITS
 
 PRECISIONS = ("auto", "fp32", "bf16")
 AUTO_STATS_KEYS = ("mean", "std")
-KERNEL_INITS = ("central_frame", "average")
 
 
 @dataclass
@@ -49,6 +51,29 @@ class SplitConfig:
         if not self.annotations:
             raise ConfigError("dataset split: 'annotations' (the annotation file) is required")
 
+    def read(self, label_names: Sequence[str] | None = None) -> Annotations:
+        """Read the annotation file; `label_names` (the training classes) fixes the label space of VGGSound,
+        Kinetics and CSV files that do not name their label list (AudioSet and EPIC name their classes in their
+        own class files). An error names the file when no clip has a media file."""
+        labels: Any = self.labels
+        fmt = detect_format(self.annotations) if self.format == "auto" else self.format
+        if labels is None and label_names is not None and fmt in ("vggsound", "kinetics", "csv"):
+            labels = list(label_names)
+        ann = read_annotations(self.annotations, format=self.format, video_dir=self.video_dir, labels=labels,
+                               split=self.split)
+        if self.max_clips is not None:
+            ann.records = ann.records[: self.max_clips]
+        if not ann.records:
+            raise ConfigError(f"{self.annotations}: no clip with a media file (check video_dir = "
+                              f"{self.video_dir!r})")
+        return ann
+
+
+def task_of(ann: Annotations) -> dict[str, Any]:
+    """The model's task fields (num_classes, label_names, problem_type, heads) from the training annotations."""
+    return dict(num_classes=ann.num_classes, label_names=tuple(ann.label_names), problem_type=ann.problem_type,
+                heads=dict(ann.heads) if ann.heads else None)
+
 
 @dataclass
 class DatasetConfig:
@@ -65,7 +90,8 @@ class InitConfig:
 
     checkpoint: str | None = None
     kernel_init: str = "central_frame"
-    """rgb tubelet kernel from the 2-D patch kernel: 'central_frame' (official) or 'average' (inflation)."""
+    """rgb tubelet kernel from the 2-D patch kernel (mbt.weights.vit.KERNEL_INITS): 'central_frame' (official),
+    'average' (inflation) or 'average_arp'."""
     init_bottleneck: bool = True
     """Bottleneck tokens from the ViT position embeddings (official)."""
     restore_output_proj: bool = False
@@ -386,4 +412,4 @@ def _plain(x: Any) -> Any:
 
 
 __all__ = ["RunConfig", "SplitConfig", "DatasetConfig", "InitConfig", "OptimConfig", "TrainConfig",
-           "parse_overrides", "apply_overrides", "PRESETS"]
+           "parse_overrides", "apply_overrides", "task_of", "PRESETS"]

@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
+
 
 @dataclass
 class DistInfo:
@@ -38,12 +40,12 @@ def resolve_device(name: str, local_rank: int = 0, world_size: int = 1, field: s
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ValueError(f"{field} = {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+        raise ConfigError(f"{field} = {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{field} = {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+        raise ConfigError(f"{field} = {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
     if device.type == "cuda" and world_size > 1:
         if device.index is not None:
-            raise ValueError(f"{field} = {name!r}: under torchrun each process uses its own GPU (cuda:LOCAL_RANK); "
+            raise ConfigError(f"{field} = {name!r}: under torchrun each process uses its own GPU (cuda:LOCAL_RANK); "
                              "use 'cuda' or 'auto'")
         device = torch.device(f"cuda:{local_rank}")
     elif device.type == "cuda" and device.index is None:

@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from ..data.annotations import Annotations
 from ..data.config import DataConfig
 from ..data.datasets import SkipReport, VideoDataset, make_loader
+from ..errors import InputError
+from ..models.config import MODALITIES
 from ..models.mbt import MBT
 from . import distributed
 from .losses import per_example_loss
@@ -56,11 +58,17 @@ def streams_present(batch: dict[str, Any], modalities: Sequence[str]) -> list[tu
 
 
 def predict_batch(model: MBT, batch: dict[str, Any], device: torch.device, clips_per_forward: int = 8,
-                  autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+                  autocast: contextlib.AbstractContextManager | None = None,
+                  modalities: Sequence[str] | None = None) -> torch.Tensor:
     """Logits (B, C), float32, of a collated batch. Multi-clip batches ('rgb' (B, N, 3, T, H, W), 'spectrogram'
     (B, N, 1, time, mel)) are averaged over the N clips. Videos are grouped by the streams they have, and each
-    group is scored with its modalities only."""
-    modalities = [m for m in model.config.modality_fusion if m in batch]
+    group is scored with its modalities only. `modalities` (default: all of the model's in the batch) scores the
+    batch as if only those streams had been given (a stream removed at test time)."""
+    allowed = model.config.modality_fusion if modalities is None else modalities
+    modalities = [m for m in model.config.modality_fusion if m in batch and m in allowed]
+    if not modalities:
+        raise InputError(f"the batch has none of the modalities {list(allowed)} (it has "
+                         f"{[m for m in MODALITIES if m in batch]})")
     multi_clip = batch[modalities[0]].ndim == len(model.config.input_shape(modalities[0])) + 2
     size = batch["size"]
     patterns: dict[tuple[str, ...], list[int]] = {}
@@ -94,37 +102,72 @@ def predict_dataset(model: MBT, dataset: VideoDataset, device: torch.device, bat
     Returns logits (N, C), labels (N, C), dataset indices (N,) sorted ascending, and this rank's SkipReport
     (videos that could not be read are left out and listed there).
     """
-    info = info or distributed.DistInfo(device=device)
+    logits, labels, index, report = predict_conditions(model, dataset, device, [None], batch_size, num_workers,
+                                                       clips_per_forward, info, autocast, progress, desc)
+    return logits[None], labels, index, report
+
+
+def scored_batches(model: MBT, dataset: VideoDataset, device: torch.device,
+                   conditions: Sequence[tuple[str, ...] | None] = (None,), batch_size: int = 4, num_workers: int = 0,
+                   clips_per_forward: int = 8, sampler: Sampler[int] | None = None, autocast=None,
+                   progress: bool = True, desc: str = "eval", report: SkipReport | None = None
+                   ) -> Iterator[tuple[dict[str, Any], dict[Any, torch.Tensor]]]:
+    """The one loop over a dataset that scores it (evaluation and `mbt predict`): each collated batch that has a
+    readable video, with {condition: logits (b, C)} for each condition (a tuple of modalities, None: all). The
+    model is in eval mode meanwhile; unreadable videos go to `report`."""
     was_training = model.training
     model.eval()
+    loader = make_loader(dataset, batch_size, num_workers=num_workers, sampler=sampler, drop_last=False,
+                         shuffle=False)
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+                if report is not None:
+                    report.update(batch)
+                if batch["size"] == 0:
+                    continue
+                yield batch, {c: predict_batch(model, batch, device, clips_per_forward, autocast, modalities=c)
+                              for c in conditions}
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def predict_conditions(model: MBT, dataset: VideoDataset, device: torch.device,
+                       conditions: Sequence[tuple[str, ...] | None], batch_size: int = 4, num_workers: int = 0,
+                       clips_per_forward: int = 8, info: distributed.DistInfo | None = None, autocast=None,
+                       progress: bool = True, desc: str = "eval"
+                       ) -> tuple[dict[Any, torch.Tensor], torch.Tensor, torch.Tensor, SkipReport]:
+    """`predict_dataset` under several test conditions at once: each video is loaded once and scored with each
+    condition's modalities (None: all). Returns {condition: logits (N, C)}, labels, indices and the SkipReport."""
+    info = info or distributed.DistInfo(device=device)
     sampler = ShardSampler(len(dataset), info.rank, info.world_size)
-    loader = make_loader(dataset, batch_size, num_workers=num_workers, sampler=sampler, drop_last=False)
     report = SkipReport()
-    logits, labels, indices = [], [], []
-    bar = tqdm(loader, desc=desc, unit="batch", disable=not (progress and info.is_main), leave=False)
-    for batch in bar:
-        report.update(batch)
-        if batch["size"] == 0:
-            continue
-        logits.append(predict_batch(model, batch, device, clips_per_forward, autocast))
+    logits: dict[Any, list[torch.Tensor]] = {c: [] for c in conditions}
+    labels, indices = [], []
+    for batch, scored in scored_batches(model, dataset, device, conditions, batch_size, num_workers,
+                                        clips_per_forward, sampler, autocast, progress and info.is_main, desc,
+                                        report):
+        for c in conditions:
+            logits[c].append(scored[c])
         labels.append(batch["label"].float())
         indices.append(batch["index"])
     C = model.config.num_classes
-    logits_t = torch.cat(logits) if logits else torch.empty(0, C)
     labels_t = torch.cat(labels) if labels else torch.empty(0, dataset.annotations.num_classes)
     index_t = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
-    logits_t, labels_t, index_t = distributed.gather_rows([logits_t, labels_t, index_t], info)
-    order = index_t.argsort()
-    model.train(was_training)
-    return logits_t[order], labels_t[order], index_t[order], report
+    logits_t = [torch.cat(logits[c]) if logits[c] else torch.empty(0, C) for c in conditions]
+    gathered = distributed.gather_rows([*logits_t, labels_t, index_t], info)
+    order = gathered[-1].argsort()
+    return ({c: g[order] for c, g in zip(conditions, gathered)}, gathered[-2][order], gathered[-1][order],
+            report)
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor, config, label_names=None
           ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics of (N, C) logits against (N, C) labels for the model's problem type, plus the unsmoothed loss."""
-    problem_type = config.problem_type or "multi_label"
+    problem_type = config.task
     if logits.shape[0] == 0:
-        raise ValueError("no video could be scored (all were skipped or the annotation file is empty)")
+        raise InputError("no video could be scored (all were skipped or the annotation file is empty)")
     summary, rows = compute_metrics(logits.numpy(), labels.numpy(), problem_type, heads=config.heads,
                                     label_names=label_names or config.label_names)
     loss = per_example_loss(logits, labels, problem_type, config.heads).mean()
@@ -152,35 +195,52 @@ def evaluate_dataset(model: MBT, annotations: Annotations, data_config: DataConf
                      progress: bool = True, cache: dict | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics of `model` on `annotations` ('val': the middle clip; 'test': data_config.num_test_clips clips).
     `cache`: a VideoDataset cache (dict) that keeps decoded clips between calls (needs num_workers=0)."""
+    return evaluate_conditions(model, annotations, data_config, device, [None], split, batch_size, num_workers,
+                               clips_per_forward, on_error, info, autocast, progress, cache)[None]
+
+
+def evaluate_conditions(model: MBT, annotations: Annotations, data_config: DataConfig, device: torch.device,
+                        conditions: Sequence[tuple[str, ...] | None], split: str = "test", batch_size: int = 4,
+                        num_workers: int = 0, clips_per_forward: int = 8, on_error: str = "skip",
+                        info: distributed.DistInfo | None = None, autocast=None, progress: bool = True,
+                        cache: dict | None = None) -> dict[Any, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """`evaluate_dataset` under several test conditions, each a tuple of the modalities given to the model (None:
+    all), from one pass over the data: every clip is decoded and loaded once. Returns {condition: (summary,
+    per-class rows)}."""
     check_labels(model.config, annotations)
+    for c in conditions:
+        if c is not None:
+            model.config.select_modalities(c)  # a ConfigError for a modality the model does not have
     dataset = VideoDataset(annotations, data_config, split=split, on_error=on_error, cache=cache)
-    logits, labels, _, report = predict_dataset(model, dataset, device, batch_size, num_workers, clips_per_forward,
-                                                info, autocast, progress, desc=split)
+    logits, labels, _, report = predict_conditions(model, dataset, device, conditions, batch_size, num_workers,
+                                                   clips_per_forward, info, autocast, progress, desc=split)
     info = info or distributed.DistInfo(device=device)
     skipped = int(distributed.all_reduce_sum(len(report.skipped), info))
     if report.skipped:
         tqdm.write(report.summary())
-    summary, rows = score(logits, labels, model.config, annotations.label_names)
-    summary = {**summary, "num_videos": len(annotations.records), "num_skipped": skipped,
-               "clips_per_video": data_config.num_test_clips if split == "test" else 1,
-               "clip_average": "logits"}
-    return summary, rows
+    out = {}
+    for c in conditions:
+        summary, rows = score(logits[c], labels, model.config, annotations.label_names)
+        out[c] = ({**summary, "num_videos": len(annotations.records), "num_skipped": skipped,
+                   "clips_per_video": data_config.num_test_clips if split == "test" else 1,
+                   "clip_average": "logits"}, rows)
+    return out
 
 
 def check_labels(config, annotations: Annotations) -> None:
     """The annotations must have the model's classes (same count, and the same names when both are known)."""
     if annotations.num_classes != config.num_classes:
-        raise ValueError(f"{annotations.source}: {annotations.num_classes} classes, but the model has "
+        raise InputError(f"{annotations.source}: {annotations.num_classes} classes, but the model has "
                          f"{config.num_classes}; evaluate with the label list the model was trained on")
     if config.label_names is not None and list(config.label_names) != list(annotations.label_names):
         diff = next(i for i, (a, b) in enumerate(zip(config.label_names, annotations.label_names)) if a != b)
-        raise ValueError(f"{annotations.source}: class {diff} is {annotations.label_names[diff]!r} but the model's "
+        raise InputError(f"{annotations.source}: class {diff} is {annotations.label_names[diff]!r} but the model's "
                          f"class {diff} is {config.label_names[diff]!r}; pass the label list the model was trained "
                          "on (--labels)")
     if config.problem_type is not None:
         kind = annotations.problem_type
         if kind != config.problem_type and not (config.problem_type == "multi_label" and kind == "single_label"):
-            raise ValueError(f"{annotations.source}: a {kind} task, but the model was trained for "
+            raise InputError(f"{annotations.source}: a {kind} task, but the model was trained for "
                              f"{config.problem_type}")
 
 

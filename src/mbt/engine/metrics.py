@@ -32,7 +32,9 @@ from statistics import NormalDist
 
 import numpy as np
 
-PROBLEM_TYPES = ("multi_label", "single_label", "multi_head")
+from ..errors import InputError
+from ..models.config import PROBLEM_TYPES
+
 
 # Column blocks for the per-class sorts hold at most this many elements (a few tens of MB of work arrays), so
 # AudioSet-sized evaluations (20k x 527) stay small in memory; the joint (verb x noun) matrix is cut into row
@@ -47,14 +49,14 @@ def _as_scores(scores) -> np.ndarray:
     """float64 (N, C) with N, C >= 1 and only finite values."""
     s = np.asarray(scores)
     if s.ndim != 2 or s.shape[0] < 1 or s.shape[1] < 1:
-        raise ValueError(f"scores must have shape (N, C) with N >= 1 and C >= 1, got shape {s.shape}")
+        raise InputError(f"scores must have shape (N, C) with N >= 1 and C >= 1, got shape {s.shape}")
     if not (np.issubdtype(s.dtype, np.floating) or np.issubdtype(s.dtype, np.integer)
             or s.dtype == np.bool_):
-        raise ValueError(f"scores must be numeric, got dtype {s.dtype}")
+        raise InputError(f"scores must be numeric, got dtype {s.dtype}")
     s = s.astype(np.float64, copy=False)
     bad = ~np.isfinite(s)
     if bad.any():
-        raise ValueError(f"scores of shape {s.shape} hold {int(bad.sum())} non-finite values (NaN or inf); "
+        raise InputError(f"scores of shape {s.shape} hold {int(bad.sum())} non-finite values (NaN or inf); "
                          "metrics need finite scores")
     return s
 
@@ -63,10 +65,10 @@ def _as_matrix_targets(targets, scores_shape: tuple[int, ...]) -> np.ndarray:
     """float64 (N, C) targets with the same shape as the scores."""
     t = np.asarray(targets)
     if t.shape != tuple(scores_shape):
-        raise ValueError(f"scores {tuple(scores_shape)} and targets {t.shape} must have the same shape (N, C)")
+        raise InputError(f"scores {tuple(scores_shape)} and targets {t.shape} must have the same shape (N, C)")
     t = t.astype(np.float64, copy=False)
     if not np.isfinite(t).all():
-        raise ValueError(f"targets of shape {t.shape} hold non-finite values")
+        raise InputError(f"targets of shape {t.shape} hold non-finite values")
     return t
 
 
@@ -75,7 +77,7 @@ def _as_binary_targets(targets, scores_shape: tuple[int, ...]) -> np.ndarray:
     t = _as_matrix_targets(targets, scores_shape)
     if not np.isin(t, (0.0, 1.0)).all():
         values = np.unique(t[~np.isin(t, (0.0, 1.0))])[:5]
-        raise ValueError(f"targets of shape {t.shape} must be 0 or 1 (multi-hot), found values such as "
+        raise InputError(f"targets of shape {t.shape} must be 0 or 1 (multi-hot), found values such as "
                          f"{values.tolist()}")
     return t
 
@@ -84,24 +86,24 @@ def _as_labels(labels, num_examples: int, num_classes: int, what: str = "labels"
     """int64 (N,) class indices in [0, num_classes)."""
     y = np.asarray(labels)
     if y.shape != (num_examples,):
-        raise ValueError(f"{what} must have shape ({num_examples},) to match scores ({num_examples}, "
+        raise InputError(f"{what} must have shape ({num_examples},) to match scores ({num_examples}, "
                          f"{num_classes}), got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         if not (np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all()):
-            raise ValueError(f"{what} must be integer class indices, got dtype {y.dtype}")
+            raise InputError(f"{what} must be integer class indices, got dtype {y.dtype}")
     y = y.astype(np.int64)
     if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"{what} must be class indices in [0, {num_classes}), found {int(y.min())}..{int(y.max())}")
+        raise InputError(f"{what} must be class indices in [0, {num_classes}), found {int(y.min())}..{int(y.max())}")
     return y
 
 
 def _labels_from_targets(t: np.ndarray, what: str = "targets") -> np.ndarray:
     """int64 (N,): the argmax of one-hot or soft targets (N, C); a row without a positive entry is an error."""
     if (t < 0).any():
-        raise ValueError(f"{what} of shape {t.shape} must be one-hot or soft (non-negative) labels")
+        raise InputError(f"{what} of shape {t.shape} must be one-hot or soft (non-negative) labels")
     empty = t.max(axis=1) <= 0
     if empty.any():
-        raise ValueError(f"{what} of shape {t.shape}: {int(empty.sum())} rows have no positive entry (e.g. row "
+        raise InputError(f"{what} of shape {t.shape}: {int(empty.sum())} rows have no positive entry (e.g. row "
                          f"{int(np.flatnonzero(empty)[0])}); single-label targets need one true class per row")
     return np.argmax(t, axis=1).astype(np.int64)
 
@@ -115,7 +117,7 @@ def _names(label_names: LabelNames, num_classes: int) -> list[str]:
     else:
         flat = [str(n) for n in label_names]
     if len(flat) != num_classes:
-        raise ValueError(f"label_names has {len(flat)} names but scores have {num_classes} classes (columns)")
+        raise InputError(f"label_names has {len(flat)} names but scores have {num_classes} classes (columns)")
     return flat
 
 
@@ -210,7 +212,7 @@ def d_prime(auc: float) -> float:
     if math.isnan(a):
         return float("nan")
     if not 0.0 <= a <= 1.0:
-        raise ValueError(f"d_prime needs an AUC in [0, 1], got {a}")
+        raise InputError(f"d_prime needs an AUC in [0, 1], got {a}")
     if a == 1.0:
         return float("inf")
     if a == 0.0:
@@ -235,7 +237,7 @@ def _topk_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 def _check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InputError(f"k must be a positive integer, got {k!r}")
     return int(k)
 
 
@@ -360,14 +362,14 @@ def _joint_topk_hits(logits_a: np.ndarray, labels_a: np.ndarray, logits_b: np.nd
 
 def _check_heads(heads, num_classes: int) -> dict[str, int]:
     if not isinstance(heads, Mapping) or not heads:
-        raise ValueError(f"heads must be a non-empty dict {{head name: classes}}, got {heads!r}")
+        raise InputError(f"heads must be a non-empty dict {{head name: classes}}, got {heads!r}")
     out = {}
     for name, size in heads.items():
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise ValueError(f"heads[{name!r}] must be a positive number of classes, got {size!r}")
+            raise InputError(f"heads[{name!r}] must be a positive number of classes, got {size!r}")
         out[str(name)] = int(size)
     if sum(out.values()) != num_classes:
-        raise ValueError(f"heads {out} sum to {sum(out.values())} classes but scores have {num_classes} columns")
+        raise InputError(f"heads {out} sum to {sum(out.values())} classes but scores have {num_classes} columns")
     return out
 
 
@@ -423,20 +425,20 @@ def compute_metrics(scores: np.ndarray, targets: np.ndarray, problem_type: str,
     scores (N, C); targets (N, C) (or (N,) int labels for 'single_label'). Returns (summary, per-class rows).
     """
     if problem_type not in PROBLEM_TYPES:
-        raise ValueError(f"problem_type must be one of {', '.join(map(repr, PROBLEM_TYPES))}, got {problem_type!r}")
+        raise InputError(f"problem_type must be one of {', '.join(map(repr, PROBLEM_TYPES))}, got {problem_type!r}")
     s_shape = np.shape(scores)
     t_shape = np.shape(targets)
     single_int = problem_type == "single_label" and len(t_shape) == 1
     if len(s_shape) != 2 or (t_shape != s_shape and not (single_int and t_shape[0] == s_shape[0])):
         expected = "(N, C), or (N,) int labels for single_label" if problem_type == "single_label" else "(N, C)"
-        raise ValueError(f"scores {tuple(s_shape)} and targets {tuple(t_shape)} do not match: scores must be (N, C) "
+        raise InputError(f"scores {tuple(s_shape)} and targets {tuple(t_shape)} do not match: scores must be (N, C) "
                          f"and targets {expected}")
     if problem_type == "multi_head":
         if heads is None:
-            raise ValueError("problem_type 'multi_head' needs heads, e.g. {'verb': 97, 'noun': 300}")
+            raise InputError("problem_type 'multi_head' needs heads, e.g. {'verb': 97, 'noun': 300}")
         return multihead_metrics(scores, targets, heads, label_names)
     if heads is not None:
-        raise ValueError(f"heads is only used with problem_type 'multi_head', got heads={dict(heads)!r} for "
+        raise InputError(f"heads is only used with problem_type 'multi_head', got heads={dict(heads)!r} for "
                          f"{problem_type!r}")
     if problem_type == "multi_label":
         return multilabel_metrics(scores, targets, label_names)

@@ -13,6 +13,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 OPTIMIZERS = ("sgd", "adamw")
 # Parameters that never get weight decay: position embeddings, CLS and bottleneck tokens (as in timm/ViT practice).
 NO_DECAY_NAMES = ("pos_embedding", "cls", "bottleneck")
@@ -52,4 +54,4 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float =
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
-    raise ValueError(f"optim.name = {name!r}; allowed: {OPTIMIZERS}")
+    raise ConfigError(f"optim.name = {name!r}; allowed: {OPTIMIZERS}")

@@ -1,5 +1,9 @@
 """`train(RunConfig)`: from a config to a trained, evaluated model directory, on one CPU or many GPUs (torchrun).
 
+`Trainer` holds the run; its methods are the steps of training, in the style of torchtitan's `train.py`:
+`setup` (annotations, configs, model, optimiser, schedule; `restore` on --resume), `train_step` (one optimiser
+step), `evaluate` (validation or test), `save_checkpoint`, `save_model`, and `fit`, the loop that calls them.
+
 One optimiser step consumes `optim.batch_size` clips (the global batch): each of the W processes takes its share,
 in `optim.grad_accum_steps` micro-batches. Which clips form step s of epoch e depends only on (seed, e, s), and every
 random draw (augmentation, mixup, stochastic depth) is seeded from (seed, epoch/step, index or rank), so:
@@ -38,15 +42,17 @@ import torch
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
-from ..data.annotations import Annotations, detect_format, read_annotations
+from ..data.annotations import Annotations
 from ..data.datasets import SkipReport, VideoDataset, make_loader
+from ..data.stats import compute_stats
 from ..data.transforms import mixup
-from ..models.config import ConfigError
+from ..errors import ConfigError
 from ..models.mbt import MBT
+from ..weights.vit import init_from_vit
 from . import distributed
 from .checkpoint import (latest_checkpoint, load_checkpoint, remove_partial_files, rng_state, save_checkpoint,
                          set_rng_state)
-from .config import RunConfig, SplitConfig
+from .config import RunConfig, task_of
 from .evaluate import evaluate_dataset, write_results
 from .losses import mbt_loss
 from .optim import make_optimizer, make_scheduler
@@ -58,28 +64,6 @@ _RUN_SECTIONS = ("model", "data", "dataset", "init", "optim")
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def read_split(split: SplitConfig, label_names: list[str] | None = None) -> Annotations:
-    """Read one annotation file; `label_names` (the training classes) fixes the label space of VGGSound,
-    Kinetics and CSV files that do not name their label list."""
-    labels: Any = split.labels
-    fmt = detect_format(split.annotations) if split.format == "auto" else split.format
-    if labels is None and label_names is not None and fmt in ("vggsound", "kinetics", "csv"):
-        labels = list(label_names)  # AudioSet and EPIC name their classes in their own class files
-    ann = read_annotations(split.annotations, format=split.format, video_dir=split.video_dir, labels=labels,
-                           split=split.split)
-    if split.max_clips is not None:
-        ann.records = ann.records[: split.max_clips]
-    if not ann.records:
-        raise ConfigError(f"{split.annotations}: no clip with a media file (check video_dir = {split.video_dir!r})")
-    return ann
-
-
-def task_of(ann: Annotations) -> dict[str, Any]:
-    """The model's task fields from the training annotations."""
-    return dict(num_classes=ann.num_classes, label_names=tuple(ann.label_names), problem_type=ann.problem_type,
-                heads=dict(ann.heads) if ann.heads else None)
-
-
 class StepSampler(Sampler[int]):
     """This process's dataset indices for steps [start_step, steps_per_epoch) of one epoch.
 
@@ -90,7 +74,7 @@ class StepSampler(Sampler[int]):
 
     def __init__(self, n: int, global_batch: int, world_size: int, rank: int, seed: int, epoch: int,
                  start_step: int, steps_per_epoch: int) -> None:
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+        g = torch.Generator().manual_seed(derive_seed(seed, epoch))
         perm = torch.randperm(n, generator=g)[: steps_per_epoch * global_batch]
         self.indices = perm.view(steps_per_epoch, world_size, -1)[start_step:, rank].reshape(-1).tolist()
 
@@ -101,7 +85,9 @@ class StepSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _seed(*keys: int) -> int:
+def derive_seed(*keys: int) -> int:
+    """One 32-bit seed from a tuple of integers (numpy's SeedSequence): the seed of every random draw of a run is
+    derived from (train.seed, what it is for), so runs resume and split over processes exactly."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
 
@@ -197,251 +183,319 @@ def train(cfg: RunConfig, resume: bool = False, cache: dict | None = None) -> Pa
     clips for the caller: several runs on the same files in one process then decode them once."""
     info = distributed.setup(cfg.train.device)
     try:
-        return _train(cfg, resume, info, cache)
+        return Trainer(cfg, info, resume=resume, cache=cache).fit()
     finally:
         distributed.cleanup()
 
 
-def _train(cfg: RunConfig, resume: bool, info: distributed.DistInfo, cache: dict | None = None) -> Path:
-    tc, oc = cfg.train, cfg.optim
-    out = Path(tc.output_dir)
-    ckpt_path = latest_checkpoint(out)
-    if resume and ckpt_path is None:
-        raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'} (train.output_dir); start without "
-                          "--resume")
-    if not resume and ckpt_path is not None:
-        raise ConfigError(f"{out} already holds checkpoints of a run; pass --resume to continue it, or choose "
-                          "another train.output_dir")
-    if cfg.dataset.train is None:
-        raise ConfigError("dataset.train is required (an annotation file to train on)")
-    ck = load_checkpoint(ckpt_path) if resume else None
-    if info.is_main:
-        for p in remove_partial_files(out):
-            tqdm.write(f"removed {p.name}, left by a checkpoint write that was interrupted")
+class Trainer:
+    """One training run: `Trainer(cfg, info).fit()` trains, saves the model directory and tests it.
 
-    # ---- data and model configs
-    train_ann = read_split(cfg.dataset.train)
-    model_config = cfg.model_config(**task_of(train_ann))
-    data_config = cfg.data_config(model_config)
-    if cfg.auto_stats and "spectrogram" in data_config.modalities:
-        if ck is not None:  # measured when the run started
-            front_end = json.loads(ck["config"])["data"]["front_end"]
-            mean, std = front_end["mean"], front_end["std"]
-        else:
-            mean, std = _measure_stats(train_ann, data_config, tc, info)
-        data_config = dataclasses.replace(
-            data_config, front_end=dataclasses.replace(data_config.front_end, mean=mean, std=std))
-    val_ann = read_split(cfg.dataset.val, train_ann.label_names) if cfg.dataset.val else None
-    test_ann = read_split(cfg.dataset.test, train_ann.label_names) if cfg.dataset.test else None
-    resolved = RunConfig.from_dict({**cfg.to_dict(), "model": model_config.to_dict(), "data": data_config.to_dict()})
-    resolved.model.pop("model_type", None)
-    resolved.model.pop("format_version", None)
+    After `setup()`: `train_ann`/`val_ann`/`test_ann` (Annotations), `model_config`, `data_config`, `resolved` (the
+    run config with both filled in, written to config.yaml), the step geometry (`micro`, `steps_per_epoch`,
+    `total`, `warmup`, `eval_every`), `model` (and `ddp`, its DistributedDataParallel wrapper under torchrun),
+    `optimizer`, `scheduler` and `step` (the number of optimiser steps taken).
+    """
 
-    world, accum, G = info.world_size, oc.grad_accum_steps, oc.batch_size
-    if G % (world * accum):
-        raise ConfigError(f"optim.batch_size = {G} must be divisible by processes x grad_accum_steps = "
-                          f"{world} x {accum}")
-    micro = G // (world * accum)
-    n = len(train_ann.records)
-    steps_per_epoch = n // G
-    if steps_per_epoch == 0:
-        raise ConfigError(f"{train_ann.source}: {n} clips, fewer than optim.batch_size = {G}")
-    total = oc.max_steps or math.ceil(oc.epochs * steps_per_epoch)
-    warmup = round(oc.warmup_epochs * steps_per_epoch)
-    eval_every = round(tc.eval_every_epochs * steps_per_epoch) if tc.eval_every_epochs > 0 else 0
-    if warmup > total:
-        raise ConfigError(f"optim.warmup_epochs = {oc.warmup_epochs} is {warmup} steps, but the run has {total} steps"
-                          f" ({steps_per_epoch} per epoch): the learning rate would never reach optim.lr; lower "
-                          "optim.warmup_epochs")
+    def __init__(self, cfg: RunConfig, info: distributed.DistInfo, resume: bool = False,
+                 cache: dict | None = None) -> None:
+        self.cfg, self.info, self.resume = cfg, info, resume
+        self.out = Path(cfg.train.output_dir)
+        self.cache = (cache if cache is not None else {}) if cfg.train.cache_decoded else None
+        self.step = 0
+        self.ckpt: dict[str, Any] | None = None
 
-    # ---- model, optimiser, schedule
-    torch.manual_seed(tc.seed)  # the same initial weights on every process (DDP also broadcasts rank 0's)
-    model = MBT(model_config)
-    if cfg.init.checkpoint and not resume:
-        from ..weights.vit import init_from_vit
-
-        report = init_from_vit(model, cfg.init.checkpoint, kernel_init=cfg.init.kernel_init,
-                               init_bottleneck=cfg.init.init_bottleneck,
-                               restore_output_proj=cfg.init.restore_output_proj)
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        """Read the annotations, resolve the model and data configs, size the steps, build the model, optimiser
+        and schedule, and restore the newest checkpoint with --resume. Errors that depend only on the config and
+        the annotations come before anything is built."""
+        cfg, info = self.cfg, self.info
+        ckpt_path = latest_checkpoint(self.out)
+        if self.resume and ckpt_path is None:
+            raise ConfigError(f"--resume: no checkpoint in {self.out / 'checkpoints'} (train.output_dir); start "
+                              "without --resume")
+        if not self.resume and ckpt_path is not None:
+            raise ConfigError(f"{self.out} already holds checkpoints of a run; pass --resume to continue it, or "
+                              "choose another train.output_dir")
+        if cfg.dataset.train is None:
+            raise ConfigError("dataset.train is required (an annotation file to train on)")
+        self.ckpt_path = ckpt_path
+        self.ckpt = load_checkpoint(ckpt_path) if self.resume else None
         if info.is_main:
-            tqdm.write(report.summary())
-    model.gradient_checkpointing = tc.activation_checkpointing
-    model.to(info.device).train()
-    ddp: torch.nn.Module = model
-    if info.distributed:
-        # A bottleneck model with late fusion or a single modality never uses its bottleneck tokens.
-        unused = model_config.use_bottleneck and (model_config.fusion_layer >= model_config.num_layers
-                                                  or len(model_config.modality_fusion) == 1)
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device] if info.device.type == "cuda" else None, find_unused_parameters=unused)
-    optimizer = make_optimizer(model, oc.name, oc.lr, oc.weight_decay, oc.momentum, oc.nesterov, oc.betas)
-    scheduler = make_scheduler(optimizer, warmup, total)
-    step = 0
-    if resume:
-        changed = _diff(_run_identity(json.loads(ck["config"])), _run_identity(resolved.to_dict()))
+            for p in remove_partial_files(self.out):
+                tqdm.write(f"removed {p.name}, left by a checkpoint write that was interrupted")
+        self.train_ann = cfg.dataset.train.read()
+        self._setup_steps()  # errors that need only the clip count come before any statistics are measured
+        self._setup_data()
+        self._setup_model()
+        if self.resume:
+            self.restore()
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.resolved.to_yaml(self.out / "config.yaml")
+            action = f"resuming from {ckpt_path.name}" if self.resume else "starting"
+            tqdm.write(f"{action}: {self.train_ann.summary()}; {info.world_size} process(es) on {info.device}, "
+                       f"{self.micro} clips x {self.cfg.optim.grad_accum_steps} micro-batches x {info.world_size} "
+                       f"per step of {self.cfg.optim.batch_size}; {self.steps_per_epoch} steps per epoch, "
+                       f"{self.total} steps")
+        distributed.barrier(info)
+
+    def _setup_data(self) -> None:
+        """The model and data configs (spectrogram statistics measured with mean/std 'auto', or read back from the
+        checkpoint), the validation and test annotations, and the resolved run config."""
+        cfg = self.cfg
+        self.model_config = cfg.model_config(**task_of(self.train_ann))
+        data_config = cfg.data_config(self.model_config)
+        if cfg.auto_stats and "spectrogram" in data_config.modalities:
+            if self.ckpt is not None:  # measured when the run started
+                front_end = json.loads(self.ckpt["config"])["data"]["front_end"]
+                mean, std = front_end["mean"], front_end["std"]
+            else:
+                mean, std = self._measure_stats(data_config)
+            data_config = dataclasses.replace(
+                data_config, front_end=dataclasses.replace(data_config.front_end, mean=mean, std=std))
+        self.data_config = data_config
+        names = self.train_ann.label_names
+        self.val_ann = cfg.dataset.val.read(names) if cfg.dataset.val else None
+        self.test_ann = cfg.dataset.test.read(names) if cfg.dataset.test else None
+        resolved = RunConfig.from_dict({**cfg.to_dict(), "model": self.model_config.to_dict(),
+                                        "data": data_config.to_dict()})
+        resolved.model.pop("model_type", None)
+        resolved.model.pop("format_version", None)
+        self.resolved = resolved
+
+    def _setup_steps(self) -> None:
+        """The step geometry: clips per micro-batch, steps per epoch, total, warm-up and validation steps."""
+        oc, tc, world = self.cfg.optim, self.cfg.train, self.info.world_size
+        accum, G = oc.grad_accum_steps, oc.batch_size
+        if G % (world * accum):
+            raise ConfigError(f"optim.batch_size = {G} must be divisible by processes x grad_accum_steps = "
+                              f"{world} x {accum}")
+        self.micro = G // (world * accum)
+        n = len(self.train_ann.records)
+        self.steps_per_epoch = n // G
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"{self.train_ann.source}: {n} clips, fewer than optim.batch_size = {G}")
+        self.total = oc.max_steps or math.ceil(oc.epochs * self.steps_per_epoch)
+        self.warmup = round(oc.warmup_epochs * self.steps_per_epoch)
+        self.eval_every = round(tc.eval_every_epochs * self.steps_per_epoch) if tc.eval_every_epochs > 0 else 0
+        if self.warmup > self.total:
+            raise ConfigError(f"optim.warmup_epochs = {oc.warmup_epochs} is {self.warmup} steps, but the run has "
+                              f"{self.total} steps ({self.steps_per_epoch} per epoch): the learning rate would never "
+                              "reach optim.lr; lower optim.warmup_epochs")
+
+    def _setup_model(self) -> None:
+        """The model (ImageNet ViT initialisation unless resuming), its DDP wrapper, optimiser and schedule."""
+        cfg, tc, oc, info = self.cfg, self.cfg.train, self.cfg.optim, self.info
+        torch.manual_seed(tc.seed)  # the same initial weights on every process (DDP also broadcasts rank 0's)
+        model = MBT(self.model_config)
+        if cfg.init.checkpoint and not self.resume:
+            report = init_from_vit(model, cfg.init.checkpoint, kernel_init=cfg.init.kernel_init,
+                                   init_bottleneck=cfg.init.init_bottleneck,
+                                   restore_output_proj=cfg.init.restore_output_proj)
+            if info.is_main:
+                tqdm.write(report.summary())
+        model.gradient_checkpointing = tc.activation_checkpointing
+        model.to(info.device).train()
+        self.model = model
+        self.ddp: torch.nn.Module = model
+        if info.distributed:
+            # A bottleneck model with late fusion or a single modality never uses its bottleneck tokens.
+            unused = self.model_config.use_bottleneck and not self.model_config.uses_bottleneck(training=True)
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[info.device] if info.device.type == "cuda" else None,
+                find_unused_parameters=unused)
+        self.optimizer = make_optimizer(model, oc.name, oc.lr, oc.weight_decay, oc.momentum, oc.nesterov, oc.betas)
+        self.scheduler = make_scheduler(self.optimizer, self.warmup, self.total)
+        self.autocast = _autocast(info.device, tc.precision)
+
+    def restore(self) -> None:
+        """Continue from the checkpoint read by `setup`: the same run config (else an error naming the changed
+        fields), then the model, optimiser, schedule, step and random states."""
+        ck, info = self.ckpt, self.info
+        changed = _diff(_run_identity(json.loads(ck["config"])), _run_identity(self.resolved.to_dict()))
         if changed:
             raise ConfigError(f"--resume: the config differs from the checkpoint's in {changed}; resume with the "
-                              f"run's own config ({out / 'config.yaml'}) or start a new train.output_dir")
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        step = int(ck["step"])
+                              f"run's own config ({self.out / 'config.yaml'}) or start a new train.output_dir")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.step = int(ck["step"])
         set_rng_state(ck["rng"])
-        if int(ck.get("world_size", world)) != world and info.is_main:
-            tqdm.write(f"note: the checkpoint was written by {ck['world_size']} process(es), this run has {world}: "
-                       "the same clips make each step, but mixup and stochastic depth draw per process, so the run "
-                       "will not repeat an uninterrupted one exactly")
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        resolved.to_yaml(out / "config.yaml")
-        action = f"resuming from {ckpt_path.name}" if resume else "starting"
-        tqdm.write(f"{action}: {train_ann.summary()}; {world} process(es) on {info.device}, {micro} clips x "
-                   f"{accum} micro-batches x {world} per step of {G}; {steps_per_epoch} steps per epoch, "
-                   f"{total} steps")
-    distributed.barrier(info)
+        if int(ck.get("world_size", info.world_size)) != info.world_size and info.is_main:
+            tqdm.write(f"note: the checkpoint was written by {ck['world_size']} process(es), this run has "
+                       f"{info.world_size}: the same clips make each step, but mixup and stochastic depth draw per "
+                       "process, so the run will not repeat an uninterrupted one exactly")
 
-    autocast = _autocast(info.device, tc.precision)
-    cache = (cache if cache is not None else {}) if tc.cache_decoded else None
-    dataset = VideoDataset(train_ann, data_config, split="train", seed=tc.seed, cache=cache)
-    logger = RunLogger(out, info.is_main, tc.tensorboard, step)
-    skips = SkipReport()
-    alpha = data_config.augment.mixup_alpha if data_config.augment else 0.0
-    bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (tc.progress and info.is_main))
-    window_clips, window_start, last_loss = 0, time.perf_counter(), float("nan")
-
-    def checkpoint_state() -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step,
-                "data_position": {"epoch": step // steps_per_epoch, "step_in_epoch": step % steps_per_epoch,
-                                  "seed": tc.seed},
-                "rng": rng_state(), "config": json.dumps(resolved.to_dict()), "world_size": world}
-
-    def run_eval(ann: Annotations, split: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        return evaluate_dataset(model, ann, data_config, info.device, split=split,
-                                batch_size=tc.eval_batch_size or micro, num_workers=tc.num_workers,
-                                clips_per_forward=tc.clips_per_forward, on_error="skip", info=info,
-                                autocast=autocast, progress=tc.progress, cache=cache)
-
-    while step < total:
-        epoch, start = divmod(step, steps_per_epoch)
-        dataset.set_epoch(epoch)
-        sampler = StepSampler(n, G, world, info.rank, tc.seed, epoch, start, steps_per_epoch)
-        loader = make_loader(dataset, micro, num_workers=tc.num_workers, sampler=sampler, drop_last=False)
-        batches = iter(loader)
-        for _ in range(start, steps_per_epoch):
-            if step >= total:
-                break
-            group = [next(batches) for _ in range(accum)]
-            for b in group:
-                skips.update(b)
-            stats = _train_step(ddp, model, group, optimizer, info, cfg, step, alpha, autocast)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            window_clips += stats["clips"]
-            if stats["clips"]:
-                last_loss = stats["loss"]
-            if step % tc.log_every_steps == 0 or step == total:
-                elapsed = time.perf_counter() - window_start
-                rate = window_clips / max(elapsed, 1e-9)
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}", clips_s=f"{rate:.1f}", refresh=False)
-                logger.log("train_log.csv", step, {"epoch": round(step / steps_per_epoch, 4), "loss": stats["loss"],
-                                                   "lr": lr, "grad_norm": stats["grad_norm"], "clips_per_s": rate,
-                                                   "skipped": stats["skipped"]}, "train")
-                window_clips, window_start = 0, time.perf_counter()
-            # Validation before the checkpoint of the same step: a run killed in between redoes both.
-            if val_ann is not None and ((eval_every and step % eval_every == 0) or step == total):
-                summary, _ = run_eval(val_ann, "val")
-                logger.log("eval_log.csv", step, {"split": "val", **summary}, "val")
-                if info.is_main:
-                    tqdm.write(f"step {step}: val " + _brief(summary))
-            if step % tc.checkpoint_every_steps == 0 or step == total:
-                if info.is_main:
-                    save_checkpoint(checkpoint_state(), out, step, tc.keep_checkpoints)
-                distributed.barrier(info)
-        if skips.skipped:
-            tqdm.write(f"[rank {info.rank}] epoch {epoch}: {skips.summary()}")
-        skips.reset()
-    bar.close()
-
-    model_dir = out / MODEL_DIR
-    if info.is_main:
-        model.save_pretrained(model_dir, data_config=data_config)
-        tqdm.write(f"wrote {model_dir}")
-    distributed.barrier(info)
-    if test_ann is not None:
-        summary, rows = run_eval(test_ann, "test")
-        logger.log("eval_log.csv", step, {"split": "test", **summary}, "test")
+    def _measure_stats(self, data_config) -> tuple[float, float]:
+        """data.front_end mean/std 'auto': measured by rank 0 on the first train.stats_max_clips training clips
+        (the middle window of each, as `mbt stats` does) and shared with the other processes."""
+        tc, info = self.cfg.train, self.info
+        mean = std = 0.0
         if info.is_main:
-            paths = write_results(out / EVAL_DIR, summary, rows)
+            stats = compute_stats(self.train_ann, data_config, max_clips=tc.stats_max_clips,
+                                  num_workers=tc.num_workers, progress=tc.progress)
+            mean, std = stats.mean, stats.std
+            tqdm.write(f"spectrogram statistics (data.front_end mean/std 'auto'): mean {mean:.6f}, std {std:.6f} "
+                       f"over {stats.num_clips} clips")
+        return distributed.all_reduce_sum(mean, info), distributed.all_reduce_sum(std, info)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> Path:
+        """Set up, train to the last step (validating and checkpointing on the way), save the model directory
+        and test it. Returns the model directory."""
+        self.setup()
+        cfg, tc, info = self.cfg, self.cfg.train, self.info
+        G, accum, world = cfg.optim.batch_size, cfg.optim.grad_accum_steps, info.world_size
+        dataset = VideoDataset(self.train_ann, self.data_config, split="train", seed=tc.seed, cache=self.cache)
+        self.logger = RunLogger(self.out, info.is_main, tc.tensorboard, self.step)
+        skips = SkipReport()
+        bar = tqdm(total=self.total, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not (tc.progress and info.is_main))
+        window_clips, window_start, last_loss = 0, time.perf_counter(), float("nan")
+        n = len(self.train_ann.records)
+        while self.step < self.total:
+            epoch, start = divmod(self.step, self.steps_per_epoch)
+            dataset.set_epoch(epoch)
+            sampler = StepSampler(n, G, world, info.rank, tc.seed, epoch, start, self.steps_per_epoch)
+            batches = iter(make_loader(dataset, self.micro, num_workers=tc.num_workers, sampler=sampler,
+                                       drop_last=False))
+            for _ in range(start, self.steps_per_epoch):
+                if self.step >= self.total:
+                    break
+                group = [next(batches) for _ in range(accum)]
+                for b in group:
+                    skips.update(b)
+                stats = self.train_step(group)
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scheduler.step()
+                self.step += 1
+                bar.update(1)
+                window_clips += stats["clips"]
+                if stats["clips"]:
+                    last_loss = stats["loss"]
+                if self.step % tc.log_every_steps == 0 or self.step == self.total:
+                    elapsed = time.perf_counter() - window_start
+                    rate = window_clips / max(elapsed, 1e-9)
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}", clips_s=f"{rate:.1f}", refresh=False)
+                    self.logger.log("train_log.csv", self.step, {
+                        "epoch": round(self.step / self.steps_per_epoch, 4), "loss": stats["loss"], "lr": lr,
+                        "grad_norm": stats["grad_norm"], "clips_per_s": rate, "skipped": stats["skipped"]}, "train")
+                    window_clips, window_start = 0, time.perf_counter()
+                # Validation before the checkpoint of the same step: a run killed in between redoes both.
+                if self.val_ann is not None and ((self.eval_every and self.step % self.eval_every == 0)
+                                                 or self.step == self.total):
+                    self.validate()
+                if self.step % tc.checkpoint_every_steps == 0 or self.step == self.total:
+                    self.save_checkpoint()
+            if skips.skipped:
+                tqdm.write(f"[rank {info.rank}] epoch {epoch}: {skips.summary()}")
+            skips.reset()
+        bar.close()
+        model_dir = self.save_model()
+        if self.test_ann is not None:
+            self.test()
+        self.logger.close()
+        return model_dir
+
+    def train_step(self, group: list[dict[str, Any]]) -> dict[str, Any]:
+        """One optimiser step over this process's micro-batches `group`. Returns the step's mean loss over all
+        processes, the clips used, the clips skipped and the gradient norm (before clipping)."""
+        cfg, info, model, ddp = self.cfg, self.info, self.model, self.ddp
+        oc, cfgm, step = cfg.optim, model.config, self.step
+        alpha = self.data_config.augment.mixup_alpha if self.data_config.augment else 0.0
+        valid, skipped = distributed.all_reduce_sums(
+            [sum(b["size"] for b in group), sum(len(b["skipped"]) for b in group)], info)
+        skipped = int(skipped)
+        self.optimizer.zero_grad(set_to_none=True)
+        if valid == 0:  # every clip of the step was unreadable (on every process): nothing to learn from
+            return {"loss": float("nan"), "clips": 0, "skipped": skipped, "grad_norm": float("nan")}
+        # Gradients: sum over all clips of the step / their number. DDP averages over processes, hence world / valid.
+        scale = info.world_size / valid
+        loss_sum = 0.0
+        for i, batch in enumerate(group):
+            last = i == len(group) - 1
+            sync = contextlib.nullcontext() if (last or not info.distributed) else ddp.no_sync()
+            with sync:
+                if batch["size"] == 0:
+                    if info.distributed and last:  # take part in the gradient all-reduce with a zero contribution
+                        inputs = {m: torch.zeros((1, *cfgm.input_shape(m)), device=info.device)
+                                  for m in cfgm.modality_fusion}
+                        out = ddp(inputs)
+                        (out.logits.sum() * 0.0).backward()
+                    continue
+                inputs = {m: batch[m].to(info.device, non_blocking=True) for m in cfgm.modality_fusion if m in batch}
+                labels = batch["label"].to(info.device, non_blocking=True).float()
+                if alpha > 0:
+                    rng = np.random.default_rng(derive_seed(cfg.train.seed, step, info.rank, i, 1))
+                    mixed, _ = mixup({**inputs, "label": labels}, alpha, rng)
+                    inputs = {m: mixed[m] for m in inputs}
+                    labels = mixed["label"]
+                torch.manual_seed(derive_seed(cfg.train.seed, step, info.rank, i, 2))  # stochastic depth, dropout
+                with self.autocast or contextlib.nullcontext():
+                    out = ddp(inputs)
+                losses = mbt_loss(_float(out), labels, cfgm.task, cfgm.heads, oc.label_smoothing)
+                (losses.sum() * scale).backward()
+                loss_sum += float(losses.detach().sum())
+        max_norm = oc.max_grad_norm if oc.max_grad_norm is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        self.optimizer.step()
+        loss = distributed.all_reduce_sum(loss_sum, info) / valid
+        return {"loss": loss, "clips": int(valid), "skipped": skipped, "grad_norm": grad_norm}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, ann: Annotations, split: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Metrics of the current model on `ann` ('val': the middle clip; 'test': data.num_test_clips clips)."""
+        tc = self.cfg.train
+        return evaluate_dataset(self.model, ann, self.data_config, self.info.device, split=split,
+                                batch_size=tc.eval_batch_size or self.micro, num_workers=tc.num_workers,
+                                clips_per_forward=tc.clips_per_forward, on_error="skip", info=self.info,
+                                autocast=self.autocast, progress=tc.progress, cache=self.cache)
+
+    def validate(self) -> dict[str, Any]:
+        """Evaluate on dataset.val, log it (eval_log.csv, TensorBoard) and print a line."""
+        summary, _ = self.evaluate(self.val_ann, "val")
+        self.logger.log("eval_log.csv", self.step, {"split": "val", **summary}, "val")
+        if self.info.is_main:
+            tqdm.write(f"step {self.step}: val " + _brief(summary))
+        return summary
+
+    def test(self) -> dict[str, Any]:
+        """Evaluate the final model on dataset.test and write <output_dir>/eval (metrics.json, per_class.csv)."""
+        summary, rows = self.evaluate(self.test_ann, "test")
+        self.logger.log("eval_log.csv", self.step, {"split": "test", **summary}, "test")
+        if self.info.is_main:
+            paths = write_results(self.out / EVAL_DIR, summary, rows)
             tqdm.write(f"test ({summary['clips_per_video']} clips per video): {_brief(summary)}; wrote "
                        f"{paths[0]} and {paths[1]}")
-    logger.close()
-    return model_dir
+        return summary
 
+    # ------------------------------------------------------------------ saving
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything a resumed run needs (read back with torch.load(weights_only=True))."""
+        spe = self.steps_per_epoch
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step,
+                "data_position": {"epoch": self.step // spe, "step_in_epoch": self.step % spe,
+                                  "seed": self.cfg.train.seed},
+                "rng": rng_state(), "config": json.dumps(self.resolved.to_dict()),
+                "world_size": self.info.world_size}
 
-def _measure_stats(ann: Annotations, data_config, tc, info: distributed.DistInfo) -> tuple[float, float]:
-    """data.front_end mean/std 'auto': measured by rank 0 on the first train.stats_max_clips training clips (the
-    middle window of each, as `mbt stats` does) and shared with the other processes."""
-    from ..data.stats import compute_stats
+    def save_checkpoint(self) -> None:
+        """Write checkpoints/step-<step>.pt (rank 0; the last train.keep_checkpoints are kept)."""
+        if self.info.is_main:
+            save_checkpoint(self.checkpoint_state(), self.out, self.step, self.cfg.train.keep_checkpoints)
+        distributed.barrier(self.info)
 
-    mean = std = 0.0
-    if info.is_main:
-        stats = compute_stats(ann, data_config, max_clips=tc.stats_max_clips, num_workers=tc.num_workers,
-                              progress=tc.progress)
-        mean, std = stats.mean, stats.std
-        tqdm.write(f"spectrogram statistics (data.front_end mean/std 'auto'): mean {mean:.6f}, std {std:.6f} over "
-                   f"{stats.num_clips} clips")
-    return distributed.all_reduce_sum(mean, info), distributed.all_reduce_sum(std, info)
-
-
-def _train_step(ddp: torch.nn.Module, model: MBT, group: list[dict[str, Any]], optimizer: torch.optim.Optimizer,
-                info: distributed.DistInfo, cfg: RunConfig, step: int, alpha: float, autocast
-                ) -> dict[str, Any]:
-    """One optimiser step over this process's micro-batches `group`. Returns the step's mean loss over all
-    processes, the clips used, the clips skipped and the gradient norm (before clipping)."""
-    oc, cfgm = cfg.optim, model.config
-    valid, skipped = distributed.all_reduce_sums(
-        [sum(b["size"] for b in group), sum(len(b["skipped"]) for b in group)], info)
-    skipped = int(skipped)
-    optimizer.zero_grad(set_to_none=True)
-    if valid == 0:  # every clip of the step was unreadable (on every process): nothing to learn from
-        return {"loss": float("nan"), "clips": 0, "skipped": skipped, "grad_norm": float("nan")}
-    # Gradients: sum over all clips of the step / their number. DDP averages over processes, hence world / valid.
-    scale = info.world_size / valid
-    loss_sum = 0.0
-    for i, batch in enumerate(group):
-        last = i == len(group) - 1
-        sync = contextlib.nullcontext() if (last or not info.distributed) else ddp.no_sync()
-        with sync:
-            if batch["size"] == 0:
-                if info.distributed and last:  # take part in the gradient all-reduce with a zero contribution
-                    inputs = {m: torch.zeros((1, *cfgm.input_shape(m)), device=info.device)
-                              for m in cfgm.modality_fusion}
-                    out = ddp(inputs)
-                    (out.logits.sum() * 0.0).backward()
-                continue
-            inputs = {m: batch[m].to(info.device, non_blocking=True) for m in cfgm.modality_fusion if m in batch}
-            labels = batch["label"].to(info.device, non_blocking=True).float()
-            if alpha > 0:
-                rng = np.random.default_rng(_seed(cfg.train.seed, step, info.rank, i, 1))
-                mixed, _ = mixup({**inputs, "label": labels}, alpha, rng)
-                inputs = {m: mixed[m] for m in inputs}
-                labels = mixed["label"]
-            torch.manual_seed(_seed(cfg.train.seed, step, info.rank, i, 2))  # stochastic depth, dropout
-            with autocast or contextlib.nullcontext():
-                out = ddp(inputs)
-            losses = mbt_loss(_float(out), labels, cfgm.problem_type or "multi_label", cfgm.heads,
-                              oc.label_smoothing)
-            (losses.sum() * scale).backward()
-            loss_sum += float(losses.detach().sum())
-    max_norm = oc.max_grad_norm if oc.max_grad_norm is not None else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-    optimizer.step()
-    loss = distributed.all_reduce_sum(loss_sum, info) / valid
-    return {"loss": loss, "clips": int(valid), "skipped": skipped, "grad_norm": grad_norm}
+    def save_model(self) -> Path:
+        """Write the model directory <output_dir>/model with its preprocessor_config.json (rank 0)."""
+        model_dir = self.out / MODEL_DIR
+        if self.info.is_main:
+            self.model.save_pretrained(model_dir, data_config=self.data_config)
+            tqdm.write(f"wrote {model_dir}")
+        distributed.barrier(self.info)
+        return model_dir
 
 
 def _float(out):

@@ -23,18 +23,23 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
+
 MODALITIES = ("rgb", "spectrogram")
+# What a person calls each modality's stream (tables, reports, messages): the frames are the video, the log-mel
+# spectrogram is the audio.
+STREAM = {"rgb": "video", "spectrogram": "audio"}
 PROBLEM_TYPES = ("multi_label", "single_label", "multi_head")
+# The task a model with no recorded problem_type is treated as (a converted Scenic checkpoint: AudioSet's).
+DEFAULT_PROBLEM_TYPE = "multi_label"
+# How the streams exchange information in one layer (see `MBTConfig.layer_fusion` and `mbt.models.mbt.fusion_plan`).
+FUSION_KINDS = ("unimodal", "bottleneck", "vanilla_shared", "vanilla_separate")
 CLASSIFIERS = ("token", "gap", "gmp", "gsp")
 TEMPORAL_ENCODINGS = ("3d_conv", "temporal_sampling")
 
 # Keys a saved config.json may carry besides the fields: written by `to_dict`, ignored when read.
 _META_KEYS = ("model_type", "format_version")
 FORMAT_VERSION = 1
-
-
-class ConfigError(ValueError):
-    """An invalid MBT configuration. The message names the field, the value and what is allowed."""
 
 
 @dataclass
@@ -246,6 +251,45 @@ class MBTConfig:
             pt, pf = self.spectrogram_patch_size
             return (self.spectrogram_shape[0] // pt, self.spectrogram_shape[1] // pf)
         raise ConfigError(f"unknown modality {modality!r}; allowed: {MODALITIES}")
+
+    # ------------------------------------------------------------------ fusion rules
+    @property
+    def task(self) -> str:
+        """The problem type the losses, metrics and scores use: `problem_type`, or 'multi_label' when unknown."""
+        return self.problem_type or DEFAULT_PROBLEM_TYPE
+
+    def fuses(self, training: bool) -> bool:
+        """Whether the streams exchange anything at all. Scenic fuses only with two or more configured modalities,
+        and a bottleneck model evaluated with test_with_bottlenecks=False does no exchange at all."""
+        return len(self.modality_fusion) > 1 and not (
+            self.use_bottleneck and not (training or self.test_with_bottlenecks))
+
+    def layer_fusion(self, layer: int, training: bool) -> str:
+        """How the streams exchange information at `layer` (one of FUSION_KINDS): 'unimodal' before fusion_layer
+        (or without fusion), else 'bottleneck', 'vanilla_shared' (one block over all tokens) or
+        'vanilla_separate' (each modality's block attends over every modality's tokens)."""
+        if not self.fuses(training) or layer < self.fusion_layer:
+            return "unimodal"
+        if self.use_bottleneck:
+            return "bottleneck"
+        return "vanilla_shared" if self.share_encoder else "vanilla_separate"
+
+    def uses_bottleneck(self, training: bool) -> bool:
+        """Whether the bottleneck tokens take part in the forward pass (some layer is a 'bottleneck' layer). A
+        bottleneck model with late fusion or one modality never uses them (DDP must then allow unused
+        parameters); neither does one evaluated with test_with_bottlenecks=False."""
+        return self.use_bottleneck and self.fuses(training) and self.fusion_layer < self.num_layers
+
+    def describe_fusion(self) -> str:
+        """'bottleneck fusion from layer 8 (4 bottlenecks)', 'vanilla fusion from layer 0', 'late fusion' or
+        'no fusion (one modality)'."""
+        if len(self.modality_fusion) == 1:
+            return "no fusion (one modality)"
+        if self.fusion_layer >= self.num_layers:
+            return "late fusion"
+        if self.use_bottleneck:
+            return f"bottleneck fusion from layer {self.fusion_layer} ({self.n_bottlenecks} bottlenecks)"
+        return f"vanilla fusion from layer {self.fusion_layer}" + (" (shared weights)" if self.share_encoder else "")
 
     def num_tokens(self, modality: str) -> int:
         """Tokens of a modality in the encoder, CLS included when classifier == 'token'."""

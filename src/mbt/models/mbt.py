@@ -5,6 +5,9 @@ information, either through a few shared bottleneck tokens (`use_bottleneck=True
 [own tokens ; bottleneck], and the updated bottleneck copies are averaged) or through vanilla cross-attention
 (each modality attends over all tokens). Shapes use B = batch, N = tokens, D = hidden_size.
 
+Which block runs on which tokens in each layer is written down once, in `fusion_plan`: `MBT.forward` walks it, and
+so does the attention rollout (`mbt.analysis.rollout`).
+
 Numerics follow the official Flax model exactly: LayerNorm eps 1e-6, tanh-approximated GELU, stochastic depth with
 one draw per example and no 1/(1-p) rescaling, CLS tokens prepended before the position embedding, bottleneck tokens
 appended after a modality's tokens and without position embedding.
@@ -15,14 +18,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .config import MODALITIES, ConfigError, MBTConfig
+from ..errors import ConfigError, InputError
+from .config import FUSION_KINDS, MODALITIES, MBTConfig
+from .pretrained import WEIGHTS_NAME, check_state_dict, read_model_dir, save_model_dir
 
 LAYER_NORM_EPS = 1e-6  # Flax nn.LayerNorm default
 
@@ -49,6 +54,66 @@ class MBTOutput:
     pre_logits: Tensor | dict[str, Tensor]
     tokens: Tensor
     token_slices: dict[str, slice]
+
+
+# ---------------------------------------------------------------------------------------------------- fusion plan
+BOTTLENECK = "bottleneck"  # the name of the bottleneck token set in a fusion plan
+
+
+@dataclass(frozen=True)
+class BlockRun:
+    """One encoder block applied in one layer.
+
+    Attributes:
+      stream: the encoder whose block runs: a modality, or 'shared' (share_encoder).
+      queries: the token sets the block runs on and updates, concatenated in this order: modalities and/or
+        'bottleneck'.
+      context: token sets attended to as keys and values only, placed before the queries (vanilla fusion with
+        separate weights: the other modalities, in the fixed order rgb, spectrogram).
+    """
+
+    stream: str
+    queries: tuple[str, ...]
+    context: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The block runs of one layer. Every run reads the tokens the layer receives; a token set that several runs
+    update (the bottleneck, one copy per modality) becomes the mean of their outputs."""
+
+    layer: int
+    kind: str  # one of FUSION_KINDS
+    runs: tuple[BlockRun, ...]
+
+
+def fusion_plan(config: MBTConfig, present: Sequence[str], training: bool) -> list[LayerPlan]:
+    """Per layer, which token sets each block runs on, for the modalities `present` (in modality_fusion order):
+
+      unimodal          each modality's block on its own tokens (before fusion_layer, or no fusion);
+      bottleneck        each modality's block on [own tokens ; bottleneck]; the bottleneck copies are averaged;
+      vanilla_shared    the shared block on [all modalities' tokens] (one joint sequence);
+      vanilla_separate  each modality's block on its own tokens, with the other modalities' tokens as context.
+    """
+    plan = []
+    for layer in range(config.num_layers):
+        kind = config.layer_fusion(layer, training)
+        assert kind in FUSION_KINDS
+
+        def stream(m: str) -> str:
+            return "shared" if config.share_encoder else m
+
+        if kind == "unimodal":
+            runs = tuple(BlockRun(stream(m), (m,)) for m in present)
+        elif kind == "bottleneck":
+            runs = tuple(BlockRun(stream(m), (m, BOTTLENECK)) for m in present)
+        elif kind == "vanilla_shared":
+            runs = (BlockRun("shared", tuple(present)),)
+        else:
+            runs = tuple(BlockRun(stream(m), (m,), tuple(o for o in MODALITIES if o != m and o in present))
+                         for m in present)
+        plan.append(LayerPlan(layer, kind, runs))
+    return plan
 
 
 # ---------------------------------------------------------------------------------------------------- blocks
@@ -214,7 +279,7 @@ class Tokenizer(nn.Module):
             x = x.expand(-1, want[0], -1, -1)
         if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
             layout = "(B, C, T, H, W)" if self.modality == "rgb" else "(B, C, time, mel)"
-            raise ValueError(f"input {self.modality!r} has shape {tuple(x.shape)}; this model takes {layout} = "
+            raise InputError(f"input {self.modality!r} has shape {tuple(x.shape)}; this model takes {layout} = "
                              f"(B, {', '.join(map(str, want))}), channels first (see MBTConfig input geometry)")
         return x
 
@@ -321,69 +386,56 @@ class MBT(nn.Module):
         """Configured modalities given in `inputs`, in `modality_fusion` order."""
         present = [m for m in self.config.modality_fusion if inputs.get(m) is not None]
         if not present:
-            raise ValueError(f"no input for any configured modality {list(self.config.modality_fusion)}; "
+            raise InputError(f"no input for any configured modality {list(self.config.modality_fusion)}; "
                              f"got keys {sorted(inputs)}")
         return present
 
     def fuses(self) -> bool:
-        """Whether the streams exchange anything in the current mode. Scenic fuses only with two or more
-        configured modalities, and a bottleneck model evaluated with test_with_bottlenecks=False does no exchange
-        at all."""
-        cfg = self.config
-        return len(cfg.modality_fusion) > 1 and not (
-            cfg.use_bottleneck and not (self.training or cfg.test_with_bottlenecks))
+        """Whether the streams exchange anything in the current mode (`MBTConfig.fuses`)."""
+        return self.config.fuses(self.training)
+
+    def uses_bottleneck(self) -> bool:
+        """Whether the bottleneck tokens take part in the forward pass in the current mode."""
+        return self.config.uses_bottleneck(self.training)
+
+    def fusion_plan(self, present: Sequence[str]) -> list[LayerPlan]:
+        """The block runs of every layer in the current mode (see `fusion_plan`)."""
+        return fusion_plan(self.config, present, self.training)
+
+    def _run_block(self, run: BlockRun, layer: int, x: Tensor, context: Tensor | None) -> Tensor:
+        """One block run: (B, N, D) queries and (B, M, D) context -> (B, N, D)."""
+        block = self.block(run.stream, layer)
+        if context is not None and self.scenic_vanilla_schedule:  # Scenic: all tokens are queries
+            return self._run(block, torch.cat([context, x], dim=1))[:, -x.shape[1]:]
+        return self._run(block, x, context)
 
     def forward(self, inputs: Mapping[str, Tensor | None]) -> MBTOutput:
-        cfg = self.config
         present = self.present_modalities(inputs)
-        x = {m: self.tokenizers[m](inputs[m]) for m in present}  # {m: (B, N_m, D)}
-        batch_sizes = {m: t.shape[0] for m, t in x.items()}
+        tokens = {m: self.tokenizers[m](inputs[m]) for m in present}  # {m: (B, N_m, D)}
+        batch_sizes = {m: t.shape[0] for m, t in tokens.items()}
         if len(set(batch_sizes.values())) != 1:
-            raise ValueError(f"inputs have different batch sizes: {batch_sizes}")
-        batch = batch_sizes[present[0]]
-        n_tokens = {m: t.shape[1] for m, t in x.items()}
+            raise InputError(f"inputs have different batch sizes: {batch_sizes}")
+        n_tokens = {m: t.shape[1] for m, t in tokens.items()}
+        if self.uses_bottleneck():
+            tokens[BOTTLENECK] = self.bottleneck.expand(batch_sizes[present[0]], -1, -1)  # (B, n_b, D)
 
-        fusing = self.fuses()
-        bottleneck = self.bottleneck.expand(batch, -1, -1) if cfg.use_bottleneck and fusing else None
-        joint: Tensor | None = None  # the joint sequence of vanilla fusion with a shared encoder
-        for layer in range(cfg.num_layers):
-            if not fusing or layer < cfg.fusion_layer:
-                for m in present:
-                    x[m] = self._run(self.block(m, layer), x[m])
-            elif cfg.use_bottleneck:
-                # Each modality updates its own copy of the same incoming bottleneck; the copies are averaged.
-                updated = []
-                for m in present:
-                    out = self._run(self.block(m, layer), torch.cat([x[m], bottleneck], dim=1))  # (B, N_m + n_b, D)
-                    x[m], b_m = out.split([n_tokens[m], bottleneck.shape[1]], dim=1)
-                    updated.append(b_m)
-                bottleneck = torch.stack(updated, dim=-1).mean(dim=-1)
-            elif cfg.share_encoder:
-                if joint is None:
-                    joint = torch.cat([x[m] for m in present], dim=1)
-                joint = self._run(self.block(present[0], layer), joint)
-            else:
-                # Vanilla cross-attention with separate weights: every modality attends over
-                # [other modalities in the fixed order (rgb, spectrogram) ; own tokens], all from the previous layer.
-                new = {}
-                for m in present:
-                    context = [x[o] for o in MODALITIES if o != m and o in x]
-                    blk = self.block(m, layer)
-                    if not context:
-                        new[m] = self._run(blk, x[m])
-                    elif self.scenic_vanilla_schedule:
-                        new[m] = self._run(blk, torch.cat(context + [x[m]], dim=1))[:, -n_tokens[m]:]
-                    else:
-                        new[m] = self._run(blk, x[m], torch.cat(context, dim=1))
-                x = new
+        for step in self.fusion_plan(present):
+            updates: dict[str, list[Tensor]] = {}
+            for run in step.runs:
+                x = torch.cat([tokens[q] for q in run.queries], dim=1)  # (B, N, D)
+                context = torch.cat([tokens[c] for c in run.context], dim=1) if run.context else None
+                out = self._run_block(run, step.layer, x, context)
+                for q, part in zip(run.queries, out.split([tokens[q].shape[1] for q in run.queries], dim=1)):
+                    updates.setdefault(q, []).append(part)
+            for q, parts in updates.items():  # the bottleneck: the mean of the modalities' updated copies
+                tokens[q] = parts[0] if len(parts) == 1 else torch.stack(parts, dim=-1).mean(dim=-1)
 
-        tokens = joint if joint is not None else torch.cat([x[m] for m in present], dim=1)
-        tokens = self.encoder_norm(tokens)  # (B, N, D)
+        final = self.encoder_norm(torch.cat([tokens[m] for m in present], dim=1))  # (B, N, D)
         slices, start = {}, 0
         for m in present:
             slices[m] = slice(start, start + n_tokens[m])
             start += n_tokens[m]
-        return self._head(tokens, slices)
+        return self._head(final, slices)
 
     def _head(self, tokens: Tensor, slices: dict[str, slice]) -> MBTOutput:
         cfg = self.config
@@ -408,16 +460,17 @@ class MBT(nn.Module):
     def save_pretrained(self, directory: str | Path, data_config=None) -> Path:
         """Write `config.json` and `model.safetensors` to `directory` (created if needed), and with `data_config`
         (an `mbt.data.DataConfig`) its `preprocessor_config.json`, so the model keeps the inputs it was trained on."""
-        from ..weights.io import save_model_dir
-
         return save_model_dir(self, directory, data_config=data_config)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "MBT":
-        """Load a model directory written by `save_pretrained` or `mbt convert` (eval mode)."""
-        from ..weights.io import load_model_dir
-
-        return load_model_dir(directory, map_location=map_location)
+        """Load a model directory written by `save_pretrained`, `mbt train` or `mbt convert` (eval mode).
+        `mbt.data.load_pretrained(directory)` also reads its preprocessor_config.json."""
+        config, state = read_model_dir(directory, map_location)
+        model = cls(config)
+        check_state_dict(model.state_dict(), state, str(Path(directory) / WEIGHTS_NAME))
+        model.load_state_dict(state)
+        return model.to(map_location).eval()
 
 
 @torch.no_grad()
@@ -427,4 +480,5 @@ def _lecun_normal_(weight: Tensor, fan_in: int) -> None:
     nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
 
 
-__all__ = ["MBT", "MBTOutput", "EncoderBlock", "Attention", "Mlp", "PatchEmbed", "Tokenizer", "ConfigError"]
+__all__ = ["MBT", "MBTOutput", "EncoderBlock", "Attention", "Mlp", "PatchEmbed", "Tokenizer", "ConfigError", "BlockRun",
+           "LayerPlan", "fusion_plan", "BOTTLENECK"]

@@ -1,11 +1,12 @@
-"""Weights: model directories (config.json + model.safetensors), conversion of Scenic checkpoints, and
-initialisation from ImageNet ViT weights (vision_transformer / big_vision .npz, timm state dicts)."""
+"""Foreign weights into MBT: conversion of Scenic (Flax) checkpoints into model directories (scenic.py), and
+initialisation of each stream from ImageNet ViT weights (vit.py: vision_transformer / big_vision .npz, timm state
+dicts). Model directories themselves are read and written beside the model (`mbt.models.pretrained`)."""
 
-from .io import CheckpointError, load_model_dir, save_model_dir
-from .scenic import (convert_checkpoint, infer_config, read_flax_checkpoint, scenic_params_from_checkpoint,
+from ..errors import CheckpointError
+from .scenic import (convert_checkpoint, infer_config, scenic_data_config, read_flax_checkpoint, scenic_params_from_checkpoint,
                      scenic_to_state_dict, state_dict_to_scenic)
 from .vit import ViTInitReport, ViTWeights, init_from_vit, read_vit_checkpoint
 
-__all__ = ["CheckpointError", "load_model_dir", "save_model_dir", "convert_checkpoint", "infer_config",
+__all__ = ["CheckpointError", "convert_checkpoint", "scenic_data_config", "infer_config",
            "read_flax_checkpoint", "scenic_params_from_checkpoint", "scenic_to_state_dict", "state_dict_to_scenic",
            "ViTWeights", "ViTInitReport", "read_vit_checkpoint", "init_from_vit"]

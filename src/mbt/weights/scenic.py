@@ -25,8 +25,14 @@ import msgpack
 import numpy as np
 import torch
 
-from ..models.config import ConfigError, MBTConfig
-from .io import CheckpointError, mismatch_message
+from ..data.audio import FrontEndConfig
+from ..data.config import DataConfig
+from ..errors import CheckpointError, ConfigError
+from ..models.config import MBTConfig
+from ..models.pretrained import mismatch_message
+
+# Scenic's AudioSet log-mel statistics ("calculated over the entire unbalanced train set"; reference D.1, D.5).
+SCENIC_SPEC_MEAN, SCENIC_SPEC_STD = 1.102, 2.762
 
 # ---------------------------------------------------------------------------------------------------- layout
 
@@ -426,9 +432,25 @@ def infer_config(params: Mapping[str, Any], *, source: str = "checkpoint", fusio
     return config
 
 
+def scenic_data_config(config: MBTConfig) -> DataConfig:
+    """The data config a converted Scenic model expects, as far as it is known: the official AudioSet pipeline
+    (frames counted at 25 fps, stride 2, shorter side resized to 256, central crop; 4 test clips) and a log-mel
+    spectrogram of 100 frames per second standardised with Scenic's AudioSet statistics (mean 1.102, std 2.762).
+
+    The front end is mbt's `logmel` (16 kHz, 25 ms Hamming window, 10 ms hop, mel bins from 125 to 7500 Hz). Google's
+    own extractor is not public (reference H.17): its sample rate, window and log are unknown, so a converted model
+    sees features close to, but not exactly, those it was trained on. Measure your data's statistics with
+    `mbt stats ... --write-config` to replace these."""
+    front_end = FrontEndConfig.preset("logmel", num_mel_bins=config.spectrogram_shape[1], mean=SCENIC_SPEC_MEAN,
+                                      std=SCENIC_SPEC_STD)
+    return DataConfig.for_model(config, front_end=front_end, fps=25.0, stride=2, min_resize=256, num_test_clips=4)
+
+
 def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, **config_args: Any) -> MBTConfig:
     """Read a Scenic MBT checkpoint, infer its config (`infer_config`, with `config_args`), convert the params and
-    write a model directory (config.json + model.safetensors) that `MBT.from_pretrained` reads. Returns the config.
+    write a model directory that `MBT.from_pretrained` and `mbt.data.load_pretrained` read: config.json,
+    model.safetensors and preprocessor_config.json (`scenic_data_config`: the official pipeline's sampling and
+    statistics with mbt's log-mel front end). Returns the config.
     """
     from ..models.mbt import MBT
 
@@ -439,10 +461,10 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, **config_arg
     state = {k: v.float() for k, v in state.items()}
     model = MBT(config)
     model.load_state_dict(state)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, data_config=scenic_data_config(config))
     return config
 
 
 __all__ = ["scenic_to_state_dict", "state_dict_to_scenic", "scenic_layout", "read_flax_checkpoint",
-           "scenic_params_from_checkpoint", "infer_config", "convert_checkpoint", "flatten_params",
+           "scenic_params_from_checkpoint", "infer_config", "convert_checkpoint", "scenic_data_config", "flatten_params",
            "CheckpointError"]

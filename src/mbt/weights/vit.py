@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from .io import CheckpointError
+from ..errors import CheckpointError
 from .scenic import _to_torch, flatten_params
 
 if TYPE_CHECKING:

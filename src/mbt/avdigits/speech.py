@@ -12,6 +12,8 @@ import threading
 
 import numpy as np
 
+from ..errors import SpeechError
+
 # espeak_Initialize output modes (speak_lib.h): synchronous synthesis into our callback.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 # espeak_PARAMETER (speak_lib.h)
@@ -21,10 +23,6 @@ _RATE, _PITCH = 1, 3
 ACCENTS = ("en", "en-us", "en-us-nyc", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
            "en-029")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-class SpeechError(RuntimeError):
-    """eSpeak NG is missing or refused a voice; the message says how to fix it."""
 
 
 def _loader():

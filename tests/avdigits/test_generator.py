@@ -1,4 +1,4 @@
-"""AV-Digits generator (mbt.data.avdigits): reproducibility, disjoint splits, and clip content checked against the
+"""AV-Digits generator (mbt.avdigits.generator): reproducibility, disjoint splits, and clip content checked against the
 per-clip ground truth (metadata boxes, word span, MNIST image, an independent eSpeak NG synthesis of each digit)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import av
 import numpy as np
 import pytest
 
-from mbt.data import avdigits as avd
-from mbt.data.avdigits import AVDigitsConfig, AVDigitsError, generate, image_pools, make_clip, mnist_digits, voice_pools
-from mbt.data.speech import ACCENTS, DIGIT_WORDS, speaker, variants
+from mbt.avdigits import generator as avd
+from mbt.avdigits.generator import AVDigitsConfig, AVDigitsError, generate, image_pools, make_clip, mnist_digits, voice_pools
+from mbt.avdigits.speech import ACCENTS, DIGIT_WORDS, speaker, variants
 
 SR = 22050
 BACKGROUND = 0.35 * 255  # flat grey of a frame without texture
@@ -234,7 +234,7 @@ def test_image_pools_are_disjoint_and_labelled(mnist):
 def test_clips_use_every_image_once_before_any_twice(mnist):
     """Clip images walk through shuffled passes over the split's pool: the first pass is a permutation of the pool,
     the second another one, and a different seed gives a different order."""
-    from mbt.data.avdigits import _image_for
+    from mbt.avdigits.generator import _image_for
 
     _, labels = mnist
     pools = image_pools(labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -15,9 +16,10 @@ import torch
 from mbt import MBTConfig
 from mbt.data import DataConfig, VideoDataset, read_annotations
 from mbt.data import datasets as datasets_module
-from mbt.data.avdigits import AVDigitsConfig, generate
+from mbt.avdigits.generator import AVDigitsConfig, generate
 from mbt.engine.config import ConfigError, RunConfig
-from mbt.engine.demo import TINY_MODEL, avdigits_run_config, flop_count
+from mbt.analysis.flops import flop_count
+from mbt.avdigits.demo import TINY_MODEL, avdigits_run_config
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -173,11 +175,48 @@ def test_study_script_quick_and_report_only(tmp_path):
 
 
 def test_study_summary_is_mean_and_sample_std():
-    import importlib.util
+    from mbt.avdigits import study
 
-    spec = importlib.util.spec_from_file_location(
-        "avdigits_study", Path(__file__).resolve().parents[2] / "benchmarks" / "avdigits_study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
     assert study._summary([0.5]) == "50.0"
     assert study._summary([0.5, 0.7]) == "60.0 ± 14.1"  # sample std of (50, 70) = 10 * sqrt(2)
+
+
+def test_demo_evaluates_each_test_clip_once(small_set, tmp_path, monkeypatch):
+    """train_and_evaluate loads every test clip once (training runs no test of its own) and scores the three test
+    conditions from it; the full condition is what `mbt eval` gives, and it is written to the run's eval/ folder."""
+    from mbt.avdigits.demo import train_and_evaluate
+    from mbt.data import load_pretrained
+    from mbt.engine.evaluate import evaluate_conditions, evaluate_dataset
+
+    loads: dict[str, list[int]] = {}
+    original = VideoDataset.load
+
+    def counting(self, index):
+        loads.setdefault(self.split, []).append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(VideoDataset, "load", counting)
+    # The test clips of digits the 12 training clips have (the model knows only the classes it was trained on).
+    seen = {line.split(",")[1] for line in (small_set / "train.csv").read_text().splitlines()[1:]}
+    rows = [line.split(",") for line in (small_set / "test.csv").read_text().splitlines()[1:]]
+    test_csv = tmp_path / "test.csv"
+    test_csv.write_text("path,label\n" + "".join(f"{small_set / p},{y}\n" for p, y in rows if y in seen))
+    n_test = len(test_csv.read_text().splitlines()) - 1
+    assert n_test >= 2
+    cfg = avdigits_run_config(small_set, tmp_path / "run", model=TINY_MODEL, epochs=1, batch_size=4,
+                              spec_stats=(-5.0, 3.0), progress=False)
+    cfg.dataset.test.annotations = str(test_csv)
+    row = train_and_evaluate(cfg, cache={}, progress=False)
+    assert sorted(loads["test"]) == list(range(n_test))  # each test clip loaded once
+    assert set(row["results"]) == {"audio+video", "audio", "video"}
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["top1"] == row["results"]["audio+video"]["top1"]
+
+    # The conditions scored together equal separate evaluations, each with the stream removed from the batch.
+    model, data = load_pretrained(row["model_dir"])
+    ann = read_annotations(test_csv, labels=list(model.config.label_names))
+    together = evaluate_conditions(model, ann, data, torch.device("cpu"), [("rgb",), None], progress=False)
+    for condition, (summary, _) in together.items():
+        kept = data if condition is None else dataclasses.replace(data, modalities=condition)
+        alone, _ = evaluate_dataset(model, ann, kept, torch.device("cpu"), progress=False)
+        assert summary["top1"] == alone["top1"] and summary["loss"] == pytest.approx(alone["loss"], abs=1e-5)

@@ -5,9 +5,10 @@ The three models come from one run config (`avdigits_run_config`) and differ onl
   video  the rgb stream alone;
   audio  the spectrogram stream alone.
 Each is evaluated on the test split; the fusion model also with one modality removed at test time (scored with
-the stream it still has, as `mbt eval` does for files without audio). The report (report.md, accuracy.png,
-missing_modality.png, results.json) goes to the output folder. The same helpers drive
-benchmarks/avdigits_study.py.
+the stream it still has, as `mbt eval` does for files without audio). Every test clip is decoded and loaded once:
+the conditions are scored from the same batch (`mbt.engine.evaluate_conditions`). The report (report.md,
+accuracy.png, missing_modality.png, results.json) goes to the output folder. The same helpers drive the study
+(`mbt.avdigits.study`).
 """
 
 from __future__ import annotations
@@ -24,16 +25,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..analysis.flops import flop_count, parameter_count  # noqa: F401 (re-exported: mbt.engine.demo)
-from ..analysis.predict import STREAM
-from ..data import avdigits
+from ..analysis.flops import flop_count, parameter_count
 from ..data.annotations import read_annotations
-from ..data.config import DataConfig
+from ..data.config import load_pretrained
 from ..data.stats import compute_stats
-from ..models.mbt import MBT
-from .config import RunConfig
-from .evaluate import evaluate_dataset
-from .trainer import train
+from ..engine.config import RunConfig
+from ..engine.evaluate import evaluate_conditions, write_results
+from ..engine.trainer import EVAL_DIR, train
+from ..models.config import STREAM
+from . import generator as avdigits
 
 # The demo model: 4 layers of width 96, global average pooling, tubelets 2x16x16 on 8 frames of 64x64 (64 tokens), 16x16 patches on a
 # 1.92 s log-mel window of 64 bins (48 tokens), 4 bottleneck tokens, fusion from layer 2 (mid fusion).
@@ -87,29 +87,33 @@ def headline(summary: dict[str, Any], problem_type: str) -> dict[str, float]:
     return {"top1": float(summary["top1"])}
 
 
-def train_and_evaluate(cfg: RunConfig, train_cache: dict | None = None, test_cache: dict | None = None,
-                       missing: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Train `cfg`, then evaluate the final model on dataset.test with every modality it has, and (if `missing`
-    and it has two) with each one alone. Returns a row: accuracies per test condition, time, parameters, FLOPs."""
-    t0 = time.perf_counter()
-    model_dir = train(cfg, cache=train_cache)
-    train_seconds = time.perf_counter() - t0
-    model = MBT.from_pretrained(model_dir).eval()
-    data_config = DataConfig.from_pretrained(model_dir)
+def streams(modalities: tuple[str, ...] | list[str]) -> str:
+    """('spectrogram', 'rgb') -> 'audio+video' (the names of the report's columns)."""
+    return "+".join(STREAM[m] for m in modalities)
+
+
+def train_and_evaluate(cfg: RunConfig, cache: dict | None = None, missing: bool = True,
+                       progress: bool = True) -> dict[str, Any]:
+    """Train `cfg` (without its test evaluation), then score each clip of dataset.test once, with every modality
+    the model has and (if `missing` and it has two) with each one alone, from the same decoded clip. `cache` (a
+    dict, see VideoDataset) keeps the decoded training and test clips for later runs on the same files. The
+    full-modality metrics go to <output_dir>/eval as `mbt train` writes them. Returns a row: accuracies per test
+    condition, time, parameters, FLOPs."""
     test = cfg.dataset.test
+    train_only = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, test=None))
+    t0 = time.perf_counter()
+    model_dir = train(train_only, cache=cache)
+    train_seconds = time.perf_counter() - t0
+    model, data_config = load_pretrained(model_dir)
     ann = read_annotations(test.annotations, labels=list(model.config.label_names))
-    conditions: list[tuple[str, ...]] = [tuple(model.config.modality_fusion)]
-    if missing and len(conditions[0]) > 1:
-        conditions += [(m,) for m in conditions[0]]
-    results = {}
-    for present in conditions:
-        dc = dataclasses.replace(data_config, modalities=present)
-        summary, _ = evaluate_dataset(model, ann, dc, torch.device("cpu"), split="test", batch_size=64,
-                                      cache=test_cache, progress=progress)
-        results["+".join(STREAM[m] for m in present)] = headline(summary, model.config.problem_type)
+    full = tuple(model.config.modality_fusion)
+    conditions: list[tuple[str, ...]] = [full] + ([(m,) for m in full] if missing and len(full) > 1 else [])
+    scored = evaluate_conditions(model, ann, data_config, torch.device("cpu"), conditions, split="test",
+                                 batch_size=64, cache=cache, progress=progress)
+    write_results(Path(cfg.train.output_dir) / EVAL_DIR, *scored[full])
+    results = {streams(c): headline(summary, model.config.task) for c, (summary, _) in scored.items()}
     return {"model_dir": str(model_dir), "train_seconds": train_seconds, "params": parameter_count(model.config),
-            **flop_count(model.config), "results": results,
-            "modalities": "+".join(STREAM[m] for m in model.config.modality_fusion)}
+            **flop_count(model.config), "results": results, "modalities": streams(full)}
 
 
 def spectrogram_stats(data_dir: str | Path, model: dict[str, Any], max_clips: int = 500,
@@ -149,8 +153,7 @@ def run_demo(out: str | Path = "mbt-demo", train_clips: int = 3000, test_clips: 
     avdigits.generate(data_cfg, out / "data", workers=workers, progress=progress, overwrite=True)
     say("[2/5] spectrogram statistics")
     stats = spectrogram_stats(out / "data", model, progress=progress)
-    train_cache: dict = {}
-    test_cache: dict = {}
+    cache: dict = {}  # decoded clips, shared by the three runs and their test evaluations
     rows = {}
     for k, (name, change) in enumerate(VARIANTS.items(), start=3):
         run_dir = out / "runs" / name
@@ -168,7 +171,7 @@ def run_demo(out: str | Path = "mbt-demo", train_clips: int = 3000, test_clips: 
             import shutil
 
             shutil.rmtree(run_dir)
-        rows[name] = {**train_and_evaluate(cfg, train_cache, test_cache, progress=progress), "key": key}
+        rows[name] = {**train_and_evaluate(cfg, cache, progress=progress), "key": key}
         row_file.write_text(json.dumps(rows[name], indent=2) + "\n")
     seconds = time.perf_counter() - t_start
     report = write_report(out, rows, {"data": data_cfg.to_dict(), "epochs": epochs, "seed": seed,

@@ -1,4 +1,10 @@
-"""Model directories: `config.json` (the MBTConfig) + `model.safetensors` (the state dict), as in Hugging Face."""
+"""Model directories, as in Hugging Face: `config.json` (the MBTConfig) + `model.safetensors` (the state dict), and
+`preprocessor_config.json` (the `mbt.data.DataConfig` the model was trained with) when there is one.
+
+`MBT.save_pretrained` / `MBT.from_pretrained` are the front doors; `mbt.data.load_pretrained(dir)` gives the model
+and its data config together. This module only reads and writes files, so it needs no model class (no import
+circle with `mbt.py`). `atomic_write` is also the writer of training checkpoints (`mbt.engine.checkpoint`).
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..models.config import MBTConfig
+from ..errors import CheckpointError, MissingFileError
+from .config import MBTConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PREPROCESSOR_NAME = "preprocessor_config.json"  # the data config (mbt.data.DataConfig), when saved with the model
-
-
-class CheckpointError(ValueError):
-    """A weights file that cannot be read or does not fit the model. The message names the file and the key."""
 
 
 def atomic_write(path: Path, write) -> None:
@@ -56,7 +59,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def save_model_dir(model: torch.nn.Module, directory: str | Path, data_config=None) -> Path:
     """Write `model.config` to config.json and the state dict to model.safetensors in `directory`, and
-    `data_config` (if given) to preprocessor_config.json."""
+    `data_config` (an `mbt.data.DataConfig`, if given; checked against the model) to preprocessor_config.json."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory}: exists and is not a folder; give a new or existing folder for the model")
@@ -92,23 +95,23 @@ def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Ten
         raise CheckpointError(f"{source} does not fit the model in its config.json: {problems}")
 
 
-def load_model_dir(directory: str | Path, map_location: str | torch.device = "cpu"):
-    """Build the model described by `directory/config.json` and load `directory/model.safetensors` (eval mode)."""
-    from ..models.mbt import MBT
-
+def read_model_dir(directory: str | Path, map_location: str | torch.device = "cpu"
+                   ) -> tuple[MBTConfig, dict[str, torch.Tensor]]:
+    """The config and the state dict of a model directory (`MBT.from_pretrained` builds the model from them)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: not a model directory (expected a folder with {CONFIG_NAME} and "
-                                f"{WEIGHTS_NAME}, as written by save_pretrained or `mbt convert`)")
+        raise MissingFileError(f"{directory}: not a model directory (expected a folder with {CONFIG_NAME} and "
+                               f"{WEIGHTS_NAME}, as written by save_pretrained, `mbt train` or `mbt convert`)")
     config = MBTConfig.from_json_file(directory / CONFIG_NAME)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: no such file")
+        raise MissingFileError(f"{weights}: no such file")
     try:
         state = load_file(weights, device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
-    model = MBT(config)
-    check_state_dict(model.state_dict(), state, str(weights))
-    model.load_state_dict(state)
-    return model.to(map_location).eval()
+    return config, state
+
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PREPROCESSOR_NAME", "atomic_write", "save_model_dir", "read_model_dir",
+           "check_state_dict", "mismatch_message"]

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import AVDigitsError, ConfigError
+
 MODES = ("same", "pair")
 SPLITS = ("train", "test")
 MANIFEST = "avdigits.json"
@@ -52,10 +54,6 @@ SPEECH_BANK_VERSION = 1  # the speech bank's own version: a new clip format does
 TRAIN_IMAGES_PER_CLASS = 350  # of 500 per class; the other 150 are the test images
 TRAIN_VARIANT_SHARE = 0.75
 DIGIT = 28  # MNIST side
-
-
-class AVDigitsError(RuntimeError):
-    """A missing source package or an unusable output folder; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ class AVDigitsConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
         def fail(name: str, why: str) -> None:
-            raise ValueError(f"AVDigitsConfig.{name} = {getattr(self, name)!r}: {why}")
+            raise ConfigError(f"AVDigitsConfig.{name} = {getattr(self, name)!r}: {why}")
 
         if self.mode not in MODES:
             fail("mode", f"choose one of {MODES}")
@@ -457,7 +455,7 @@ def clip_name(split: str, index: int) -> str:
 def make_clip(cfg: AVDigitsConfig, split: str, index: int, out_dir: str | Path) -> dict[str, Any]:
     """Write clip `index` of `split` and return its metadata row. The file depends only on (cfg, split, index)
     and the speech bank (see SpeechBank)."""
-    from .synthetic import write_media
+    from ..data.synthetic import write_media
 
     src = _sources(cfg)
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split), index, FORMAT_VERSION])
