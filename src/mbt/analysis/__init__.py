@@ -1,5 +1,7 @@
-"""Using a trained model: prediction on files or arrays, attention rollout and heat maps, compute (multiply-adds,
-FLOPs, parameters; the fusion-layer sweep) and export to ONNX."""
+"""Using a trained model: prediction on files or arrays (predict.py), attention rollout through the model's fusion
+plan (rollout.py) and heat maps (explain.py), compute (flops.py: multiply-adds, FLOPs, parameters; the fusion-layer
+sweep) and export to ONNX (export.py). It stands on engine (the scoring loop), data and models; only the AV-Digits
+application and the CLI sit above it."""
 
 from .explain import explain, explain_video
 from .export import describe_io, export_onnx

@@ -1,5 +1,8 @@
-"""From video files to the batch dict `mbt.MBT` takes: decoding (PyAV), clip sampling, audio front ends,
-augmentation and dataset formats.
+"""From video files to the batch dict `mbt.MBT` takes, and nothing else: decoding (decode.py, PyAV), clip sampling
+(sampling.py), audio front ends (audio.py), augmentation (transforms.py), annotation formats (annotations.py), the
+dataset and loader (datasets.py), the data config stored beside a model and `load_pretrained` (config.py), spectrogram
+statistics (stats.py) and generated test media (synthetic.py). It stands on `mbt.models` only; the AV-Digits
+generator, which this pipeline never needs, lives in `mbt.avdigits`.
 
     from mbt.data import DataConfig, VideoDataset, make_loader, read_annotations
     ann = read_annotations("train.csv", video_dir="videos/")           # or AudioSet, VGGSound, EPIC, Kinetics
