@@ -148,7 +148,9 @@ def test_mbt_convert_console_script_runs(tmp_path):
 def test_converted_model_predicts_and_evaluates_at_once(tmp_path, capsys):
     """`mbt convert` writes the data config the model expects (the official AudioSet sampling and statistics, shapes
     from the model), so `mbt predict` and `mbt eval` run on the converted directory with nothing written by hand."""
+    from mbt import MBTConfig
     from mbt.data import DataConfig, load_pretrained
+    from mbt.weights import scenic_data_config
     from mbt.data.synthetic import tone_schedule, write_media
 
     out_dir = tmp_path / "model"
@@ -157,7 +159,8 @@ def test_converted_model_predicts_and_evaluates_at_once(tmp_path, capsys):
     assert "Google's exact extractor is unknown" in capsys.readouterr().err
     model, data = load_pretrained(out_dir)
     assert isinstance(data, DataConfig) and data.modalities == tuple(model.config.modality_fusion)
-    assert (data.fps, data.stride, data.min_resize, data.num_test_clips) == (25.0, 2, 256, 4)
+    assert (data.fps, data.stride, data.min_resize, data.num_test_clips) == (25.0, 2, 37, 4)  # 256/224 of 32 px
+    assert scenic_data_config(MBTConfig.from_preset("mbt-b16x2")).min_resize == 256
     assert (data.num_frames, data.crop_size, data.spec_shape) == (8, (32, 32), (100, 32))
     assert (data.front_end.name, data.front_end.mean, data.front_end.std) == ("logmel", 1.102, 2.762)
 

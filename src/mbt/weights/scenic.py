@@ -434,7 +434,8 @@ def infer_config(params: Mapping[str, Any], *, source: str = "checkpoint", fusio
 
 def scenic_data_config(config: MBTConfig) -> DataConfig:
     """The data config a converted Scenic model expects, as far as it is known: the official AudioSet pipeline
-    (frames counted at 25 fps, stride 2, shorter side resized to 256, central crop; 4 test clips) and a log-mel
+    (frames counted at 25 fps, stride 2, shorter side resized to 256 for the 224 crop, i.e. 8/7 of the crop for
+    other image sizes, central crop; 4 test clips) and a log-mel
     spectrogram of 100 frames per second standardised with Scenic's AudioSet statistics (mean 1.102, std 2.762).
 
     The front end is mbt's `logmel` (16 kHz, 25 ms Hamming window, 10 ms hop, mel bins from 125 to 7500 Hz). Google's
@@ -443,7 +444,9 @@ def scenic_data_config(config: MBTConfig) -> DataConfig:
     `mbt stats ... --write-config` to replace these."""
     front_end = FrontEndConfig.preset("logmel", num_mel_bins=config.spectrogram_shape[1], mean=SCENIC_SPEC_MEAN,
                                       std=SCENIC_SPEC_STD)
-    return DataConfig.for_model(config, front_end=front_end, fps=25.0, stride=2, min_resize=256, num_test_clips=4)
+    min_resize = round(max(config.image_size) * 256 / 224)  # Scenic: 256 for 224
+    return DataConfig.for_model(config, front_end=front_end, fps=25.0, stride=2, min_resize=min_resize,
+                                num_test_clips=4)
 
 
 def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, **config_args: Any) -> MBTConfig:
