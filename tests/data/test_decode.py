@@ -194,3 +194,85 @@ def test_truncated_file_is_detected_not_silently_short(tmp_path):
             r.frames([8.0])
             r.audio(7.0, 9.0)
     assert "truncated or damaged" in str(e.value) or "decoding failed" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------------- any container
+def mel_peak(wave: np.ndarray) -> int:
+    """The mel bin (logmel front end, 64 bins) that holds most energy, averaged over time."""
+    from mbt.data.audio import FrontEndConfig, AudioFrontEnd
+
+    import torch
+
+    front = AudioFrontEnd(FrontEndConfig.preset("logmel", num_mel_bins=64))
+    return int(front(torch.from_numpy(np.ascontiguousarray(wave)))[0].mean(0).argmax())
+
+
+CONTAINERS = {  # files whose demuxer refuses a seek before their first packet, or whose packets have no timestamps
+    "mp3": dict(video=False, audio_codec="mp3"),
+    "aac": dict(video=False, audio_codec="aac"),  # raw ADTS
+    "avi": dict(video_codec="mjpeg", pix_fmt="yuvj420p", audio_codec="pcm_s16le"),
+    "flv": dict(video_codec="libx264", audio_codec="aac", sample_rate=44100),
+    "h264": dict(audio=False),  # a raw H.264 stream: no timestamps at all
+}
+
+
+@pytest.mark.parametrize("ext", sorted(CONTAINERS))
+def test_every_container_is_read_from_its_first_sample(ext, tmp_path):
+    """Windows at the very start and later: the tone of each second lands in its own mel bin (the bin a clean tone
+    of that frequency fills), and the frame on screen at each time is the one decoded."""
+    path = write_media(tmp_path / f"clip.{ext}", duration=3.0, audio_fn=tone_schedule(FREQS[:3]), **CONTAINERS[ext])
+    with MediaReader(path) as r:
+        if r.info.audio is not None:
+            assert r.info.audio.duration == pytest.approx(3.0, abs=0.1)
+            for second in (0, 1, 2):
+                wave = r.audio(second + 0.1, second + 0.9)
+                clean = (0.5 * np.sin(2 * np.pi * FREQS[second] * np.arange(wave.size) / 16000)).astype(np.float32)
+                assert dominant_frequency(wave, 16000) == pytest.approx(FREQS[second], rel=0.03)
+                assert mel_peak(wave) == mel_peak(clean)
+            assert np.abs(r.audio(0.0, 0.5)).max() > 0.2  # the first half second is there, not silence
+        if r.info.video is not None:
+            assert r.info.video.duration == pytest.approx(3.0, abs=0.05)
+            idx = [0, 1, 24, 50, 74, 3]
+            times = [r.info.video.start + (i + 0.5) / 25 for i in idx]
+            assert [frame_index(f) for f in r.frames(times)] == idx
+    assert (ext == "h264") == (r.info.audio is None) and (ext in ("mp3", "aac")) == (r.info.video is None)
+
+
+def test_audio_that_starts_after_the_window_is_silence(tmp_path):
+    """The audio stream starts at 2 s: earlier windows are silence, a window across the start is silence then the
+    tone, and the frames are unaffected."""
+    path = write_media(tmp_path / "late.mp4", duration=4.0, audio_start=2.0, audio_duration=2.0,
+                       audio_fn=tone_schedule([1000.0], amplitude=0.4))
+    with MediaReader(path) as r:
+        assert r.info.audio.start == pytest.approx(2.0, abs=0.1)  # AAC priming: up to 1024 samples early
+        assert np.all(r.audio(0.0, 1.0) == 0) and r.audio(0.0, 1.0).shape == (16000,)
+        across = r.audio(1.5, 2.5)
+        assert np.abs(across[:7000]).max() < 1e-3 and np.abs(across[9000:]).max() > 0.3  # AAC priming is ~1e-4
+        assert [frame_index(f) for f in r.frames([0.5, 1.5])] == [12, 37]
+
+
+def test_the_main_streams_are_read(tmp_path):
+    """A small side stream first and the main one marked default, with cover art larger than both (MP4 keeps its
+    attached_pic mark): the default video and audio streams are decoded; without a default mark (Matroska), the
+    largest; an MP3 whose only picture is its cover art has no video stream."""
+    from mbt.data.synthetic import index_frame, write_streams
+
+    def side(i, t, size):
+        return index_frame(200, t, size)
+
+    videos = [((16, 32), side, False), ((48, 64), index_frame, True)]
+    audios = [(tone_schedule([300.0]), "mono", False), (tone_schedule([1000.0]), "stereo", True)]
+    for name, default in (("default.mp4", True), ("largest.mkv", False)):
+        v = [(s, fn, d and default) for s, fn, d in videos]
+        a = [(fn, layout, d and default) for fn, layout, d in audios]
+        path = write_streams(tmp_path / name, videos=v, audios=a, cover=default)
+        with av.open(str(path)) as c:  # what the file holds: the side streams come first
+            assert [s.type for s in c.streams][:2] == ["video", "video"]
+        with MediaReader(path) as r:
+            assert (r.info.video.height, r.info.video.width, r.info.video.fps) == (48, 64, 25.0)
+            assert [frame_index(f) for f in r.frames([0.5, 1.0])] == [12, 25]
+            assert r.info.audio.channels == 2
+            assert dominant_frequency(r.audio(0.5, 1.5), 16000) == pytest.approx(1000.0, rel=0.02)
+    mp3 = write_streams(tmp_path / "song.mp3", audios=[(tone_schedule([1000.0]), "mono", True)], cover=True)
+    info = probe(mp3)
+    assert info.video is None and info.audio.duration == pytest.approx(2.0, abs=0.1)

@@ -57,6 +57,24 @@ class MediaInfo:
     audio: AudioInfo | None
 
 
+def main_stream(streams: Sequence) -> object | None:
+    """The stream a viewer would play: attached pictures (cover art, thumbnails) are never it; among the rest the
+    one marked default, else the largest (pixels for video, channels for audio), else the first."""
+    candidates = [s for s in streams if not (s.disposition & av.stream.Disposition.attached_pic)]
+    if not candidates:
+        return None
+    default = [s for s in candidates if s.disposition & av.stream.Disposition.default]
+    if len(default) == 1:
+        return default[0]
+    pool = default or candidates
+
+    def size(s) -> int:
+        cc = s.codec_context
+        return (cc.width or 0) * (cc.height or 0) if s.type == "video" else (cc.channels or 0)
+
+    return max(pool, key=lambda s: (size(s), -s.index))
+
+
 def shorter_side_size(height: int, width: int, shorter: int) -> tuple[int, int]:
     """(height, width) with the shorter side resized to `shorter` and the aspect ratio kept; the longer side is
     floored, as DMVR's resize_smallest casts it to an integer."""
@@ -83,23 +101,58 @@ class MediaReader:
             raise MediaError(path, "is a directory, not a media file")
         if os.path.getsize(self.path) == 0:
             raise MediaError(path, "empty file")
+        self.threads = threads
+        self._open()
         try:
-            self.container = av.open(self.path, metadata_errors="ignore")
-        except av.error.FFmpegError as e:
-            raise MediaError(path, f"not a media file FFmpeg can read ({_reason(e)})") from None
-        try:
-            self._video = self.container.streams.video[0] if self.container.streams.video else None
-            self._audio = self.container.streams.audio[0] if self.container.streams.audio else None
             if self._video is None and self._audio is None:
                 raise MediaError(path, "no video or audio stream")
-            if self._video is not None:
-                self._video.thread_type = "AUTO"
-                self._video.thread_count = threads
             self.t0 = self.container.start_time / av.time_base if self.container.start_time is not None else 0.0
             self.info = self._probe()
         except BaseException:
             self.container.close()
             raise
+
+    def _open(self) -> None:
+        """Open the container and pick its main video and audio streams (`main_stream`)."""
+        try:
+            self.container = av.open(self.path, metadata_errors="ignore")
+        except (av.error.FFmpegError, OSError) as e:
+            raise MediaError(self.path, f"not a media file FFmpeg can read ({_reason(e)})") from None
+        self._video = main_stream(self.container.streams.video)
+        self._audio = main_stream(self.container.streams.audio)
+        if self._video is not None:
+            self._video.thread_type = "AUTO"
+            self._video.thread_count = self.threads
+
+    def _seek(self, stream, t: float) -> bool:
+        """Put the demuxer at the keyframe at or before time `t` (seconds from the file's start) of `stream`.
+        A time at or before the stream's first packet, or a seek the demuxer refuses (MP3, AVI, FLV and raw AAC
+        refuse times before their first packet; some files cannot seek at all), reopens the file so decoding starts
+        from its very first packet, priming samples included. Returns True when decoding starts from the start."""
+        start = float(stream.start_time * stream.time_base) - self.t0 if stream.start_time is not None else 0.0
+        if t > start:
+            try:
+                self.container.seek(int(math.floor((t + self.t0) / stream.time_base)), stream=stream,
+                                    backward=True)
+                return False
+            except (av.error.FFmpegError, OSError):
+                pass
+        self._rewind()
+        return True
+
+    def _rewind(self) -> None:
+        """Reopen the file: the next decode starts at its first packet."""
+        video = None if self._video is None else self._video.index
+        audio = None if self._audio is None else self._audio.index
+        self.container.close()
+        self._open()
+        # The same streams as before (indices are stable across opens of one file).
+        if video is not None:
+            self._video = next(s for s in self.container.streams if s.index == video)
+            self._video.thread_type = "AUTO"
+            self._video.thread_count = self.threads
+        if audio is not None:
+            self._audio = next(s for s in self.container.streams if s.index == audio)
 
     # ------------------------------------------------------------------ info
     def _stream_span(self, stream) -> tuple[float, float | None]:
@@ -116,25 +169,27 @@ class MediaReader:
             rate = vs.average_rate or vs.guessed_rate or vs.base_rate
             fps = float(rate) if rate else 25.0
             start, duration = self._stream_span(vs)
+            width, height = vs.codec_context.width, vs.codec_context.height
+            if width <= 0 or height <= 0:
+                raise MediaError(self.path, "the video stream has no frame size (damaged header)")
             if duration is None and vs.frames:
                 duration = vs.frames / fps
-            if duration is None:
-                duration = self._stream_end(vs, container_duration) - start
-            if vs.codec_context.width <= 0 or vs.codec_context.height <= 0:
-                raise MediaError(self.path, "the video stream has no frame size (damaged header)")
-            video = VideoInfo(fps, vs.codec_context.width, vs.codec_context.height, start, max(duration, 0.0))
+            if duration is None:  # reads the stream's last packets, then reopens the file
+                duration = self._stream_end(vs, container_duration, fps) - start
+            video = VideoInfo(fps, width, height, start, max(duration, 0.0))
         if self._audio is not None:
             a = self._audio
             start, duration = self._stream_span(a)
+            rate, channels = a.rate, a.codec_context.channels
+            if not rate:
+                raise MediaError(self.path, "the audio stream has no sample rate (damaged header)")
             if duration is None:
                 duration = self._stream_end(a, container_duration) - start
-            if not a.rate:
-                raise MediaError(self.path, "the audio stream has no sample rate (damaged header)")
-            audio = AudioInfo(int(a.rate), a.codec_context.channels, start, max(duration, 0.0))
+            audio = AudioInfo(int(rate), channels, start, max(duration, 0.0))
         total = max((s.start + s.duration for s in (video, audio) if s is not None), default=0.0)
         return MediaInfo(self.path, total, video, audio)
 
-    def _stream_end(self, stream, container_duration: float | None) -> float:
+    def _stream_end(self, stream, container_duration: float | None, fps: float | None = None) -> float:
         """End time of a stream whose length the container does not state (Matroska, WebM, MPEG-TS).
 
         The container's duration is the longest stream's; the streams of one file often differ by a fraction of a
@@ -142,7 +197,7 @@ class MediaReader:
         decoding, little reading). A file whose packets end well before its stated duration is truncated: then
         the stated duration is kept, and reading past the real end is an error.
         """
-        end = None
+        end, untimed = None, 0
         try:
             if container_duration is not None and container_duration > 5.0:
                 self.container.seek(int((container_duration - 5.0 + self.t0) / stream.time_base), stream=stream)
@@ -150,12 +205,13 @@ class MediaReader:
                 if packet.pts is not None:
                     t = float((packet.pts + (packet.duration or 0)) * packet.time_base) - self.t0
                     end = t if end is None else max(end, t)
-        except av.error.FFmpegError:
+                elif packet.size:
+                    untimed += 1
+        except (av.error.FFmpegError, OSError):
             pass
-        try:
-            self.container.seek(0, stream=stream)
-        except av.error.FFmpegError:
-            pass
+        if end is None and untimed and fps and not (container_duration and container_duration > 5.0):
+            end = untimed / fps  # a raw stream without timestamps, read whole: its frames at the frame rate
+        self._rewind()
         if end is None:
             return container_duration if container_duration is not None else 0.0
         if container_duration is not None and end < container_duration - STREAM_LENGTH_SLACK:
@@ -195,17 +251,16 @@ class MediaReader:
         first = times[run[0]]
         # Seek to the keyframe at or before the first time; if the demuxer overshoots, retry from further back.
         for back in (0.0, 10.0, math.inf):
-            target = first - back
-            if target <= 0 or back == math.inf:
-                self.container.seek(0, stream=vs)
-            else:
-                self.container.seek(int((target + self.t0) / tb), stream=vs, backward=True)
-            if self._collect(times, run, out, size, allow_restart=back != math.inf):
+            from_start = self._seek(vs, -math.inf if back == math.inf else first - back)
+            if self._collect(times, run, out, size, allow_restart=not from_start, from_start=from_start):
                 return
+            vs = self._video
 
-    def _collect(self, times, run, out, size, allow_restart: bool) -> bool:
+    def _collect(self, times, run, out, size, allow_restart: bool, from_start: bool = False) -> bool:
         """Decode from the current position, assigning frames to the times in `run` (sorted). Returns False if the
-        first frame decoded comes after the first time by more than a frame (a seek that overshot)."""
+        first frame decoded comes after the first time by more than a frame (a seek that overshot), or if frames
+        carry no timestamps and decoding did not start at the beginning (raw H.264/HEVC streams: their frames are
+        then counted from the stream's start at the stream's frame rate)."""
         vs = self._video
         fps = self.info.video.fps
         eps = 1e-6
@@ -222,6 +277,13 @@ class MediaReader:
             for frame in self.container.decode(vs):
                 self.decoded_frames += 1
                 t = self._frame_time(frame)
+                if t is None:  # no timestamp: count frames, which needs a known position
+                    if prev_t is not None:
+                        t = prev_t + 1.0 / fps
+                    elif from_start:
+                        t = self.info.video.start
+                    else:
+                        return False
                 if first:
                     first = False
                     if t > times[run[0]] + 1.5 / fps and t > self.info.video.start + 1.5 / fps and allow_restart:
@@ -249,12 +311,13 @@ class MediaReader:
             out[k] = rgb(prev)
         return True
 
-    def _frame_time(self, frame) -> float:
+    def _frame_time(self, frame) -> float | None:
+        """Seconds from the file's start, or None for a frame without a timestamp."""
         if frame.pts is not None:
             return float(frame.pts * frame.time_base) - self.t0
         if frame.time is not None:
             return frame.time - self.t0
-        raise MediaError(self.path, "a video frame has no timestamp")
+        return None
 
     # ------------------------------------------------------------------ audio
     def audio(self, start: float, end: float, sample_rate: int = 16000) -> np.ndarray:
@@ -269,10 +332,13 @@ class MediaReader:
         if n <= 0:
             return np.zeros(0, np.float32)
         a = self._audio
+        if end <= self.info.audio.start:  # the window ends before the audio starts: silence
+            return np.zeros(n, np.float32)
         # Seek by the audio stream itself (a seek without a stream follows the video, whose start may differ),
         # half a second early: the decoder needs the previous frame's overlap, and near the start the codec's
-        # priming packet (before time 0, which a seek to exactly 0 would skip).
-        self.container.seek(int((start - 0.5 + self.t0) / a.time_base), stream=a, backward=True)
+        # priming packet (before time 0, which a seek to exactly 0 would skip: `_seek` then reopens the file).
+        self._seek(a, start - 0.5)
+        a = self._audio
         resampler = _mono_resampler(sample_rate)
         chunks: list[np.ndarray] = []
         first_t: float | None = None

@@ -102,3 +102,55 @@ def write_media(path: str | Path, *, duration: float = 2.0, fps: float = 25.0, s
                 container.mux(as_.encode(frame))
             container.mux(as_.encode())
     return path
+
+
+def write_streams(path: str | Path, videos: Sequence[tuple[tuple[int, int], FrameFn, bool]] = (),
+                  audios: Sequence[tuple[AudioFn, str, bool]] = (), cover: bool = False,
+                  duration: float = 2.0) -> Path:
+    """A file with several streams (PyAV), to test which one is read.
+
+    Args:
+      videos: per video stream, ((height, width), frame_fn, default): 25 fps H.264 (MJPEG with no other choice),
+        `default` sets the stream's default disposition.
+      audios: per audio stream, (audio_fn, layout, default): 16 kHz AAC (MP3 in an .mp3 file).
+      cover: an attached picture (cover art: one 96x96 MJPEG image, disposition attached_pic), written first.
+    """
+    path = Path(path)
+    with av.open(str(path), "w") as c:
+        pic = None
+        if cover:
+            pic = c.add_stream("mjpeg", rate=1)
+            pic.width, pic.height, pic.pix_fmt = 96, 96, "yuvj420p"
+            pic.disposition = av.stream.Disposition.attached_pic
+        vs = []
+        for (h, w), fn, default in videos:  # every stream is added before anything is written
+            s = c.add_stream("libx264", rate=25)
+            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+            s.disposition = av.stream.Disposition.default if default else av.stream.Disposition(0)
+            vs.append((s, fn))
+        as_ = []
+        for fn, layout, default in audios:
+            s = c.add_stream("mp3" if path.suffix.lower() == ".mp3" else "aac", rate=16000, layout=layout)
+            s.disposition = av.stream.Disposition.default if default else av.stream.Disposition(0)
+            as_.append((s, fn, layout))
+        if pic is not None:
+            frame = av.VideoFrame.from_ndarray(np.full((96, 96, 3), 200, np.uint8), format="rgb24")
+            c.mux(pic.encode(frame.reformat(format="yuvj420p")))
+            c.mux(pic.encode())
+        for s, fn in vs:
+            for i in range(int(round(duration * 25))):
+                frame = av.VideoFrame.from_ndarray(fn(i, i / 25, (s.height, s.width)), format="rgb24")
+                frame.pts = i
+                c.mux(s.encode(frame))
+            c.mux(s.encode())
+        for s, fn, layout in as_:
+            n = int(round(duration * 16000))
+            channels = av.AudioLayout(layout).nb_channels
+            samples = np.ascontiguousarray(np.broadcast_to(np.asarray(fn(np.arange(n) / 16000), np.float32),
+                                                           (channels, n)))
+            for start in range(0, n, 4096):
+                frame = av.AudioFrame.from_ndarray(samples[:, start:start + 4096], format="fltp", layout=layout)
+                frame.sample_rate, frame.pts = 16000, start
+                c.mux(s.encode(frame))
+            c.mux(s.encode())
+    return path
