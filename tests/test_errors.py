@@ -16,7 +16,7 @@ from mbt.weights import CheckpointError
 
 def test_every_error_class_is_an_mbt_error():
     classes = [getattr(errors, n) for n in errors.__all__]
-    assert len(classes) == 10 and all(issubclass(c, errors.MBTError) for c in classes)
+    assert len(classes) == 11 and all(issubclass(c, errors.MBTError) for c in classes)
     # The names every module re-exports are the same classes (one definition each).
     assert (ConfigError, CheckpointError, AnnotationError, MediaError) == (
         errors.ConfigError, errors.CheckpointError, errors.AnnotationError, errors.MediaError)

@@ -13,6 +13,7 @@ Each class also derives from the built-in exception a caller would expect (`Valu
     ├── InputError         inputs that do not fit the model or the metric (shapes, classes, nothing to score)
     ├── MissingFileError   a path that does not exist
     ├── DependencyError    an optional package is not installed (names the extra to install)
+    ├── NonFiniteError     NaN or inf where a number must be finite (training diverged, a tensor to be saved)
     ├── AVDigitsError      AV-Digits cannot be generated (a missing source package, an unusable output folder)
     └── SpeechError        eSpeak NG is missing or refused a voice
 """
@@ -61,6 +62,11 @@ class DependencyError(MBTError, ImportError):
     """An optional dependency is missing; the message names the pip extra that installs it."""
 
 
+class NonFiniteError(MBTError, FloatingPointError):
+    """NaN or inf where only finite numbers may go: repeated non-finite training steps, or a tensor about to be
+    saved. The message names the tensor or the steps and the files of their batches."""
+
+
 class AVDigitsError(MBTError, RuntimeError):
     """A missing source package or an unusable output folder; the message says how to fix it."""
 
@@ -70,4 +76,4 @@ class SpeechError(MBTError, RuntimeError):
 
 
 __all__ = ["MBTError", "ConfigError", "CheckpointError", "AnnotationError", "MediaError", "InputError",
-           "MissingFileError", "DependencyError", "AVDigitsError", "SpeechError"]
+           "MissingFileError", "DependencyError", "NonFiniteError", "AVDigitsError", "SpeechError"]

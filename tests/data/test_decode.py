@@ -276,3 +276,30 @@ def test_the_main_streams_are_read(tmp_path):
     mp3 = write_streams(tmp_path / "song.mp3", audios=[(tone_schedule([1000.0]), "mono", True)], cover=True)
     info = probe(mp3)
     assert info.video is None and info.audio.duration == pytest.approx(2.0, abs=0.1)
+
+
+def nan_wav(path, nan_from: float = 0.5, nan_to: float = 0.6, duration: float = 2.0):
+    """A float WAV (pcm_f32le) holding a 440 Hz tone with NaN samples in [nan_from, nan_to) and one inf."""
+    def fn(t):
+        x = 0.3 * np.sin(2 * np.pi * 440.0 * t)
+        x[(t >= nan_from) & (t < nan_to)] = np.nan
+        x[min(np.searchsorted(t, nan_to + 0.1), t.size - 1)] = np.inf
+        return x.astype(np.float32)[None]
+    return write_media(path, duration=duration, video=False, audio_codec="pcm_f32le", audio_fn=fn)
+
+
+def test_non_finite_samples_are_refused_by_name(tmp_path):
+    """NaN/inf samples in the decoded window are an error naming the file and where; a window without them reads."""
+    from mbt.data import DataConfig, Skipped, VideoDataset
+    from mbt.data.annotations import Annotations, Record
+
+    path = nan_wav(tmp_path / "nan.wav")
+    with MediaReader(path) as r:
+        assert np.isfinite(r.audio(1.0, 2.0)).all()
+        with pytest.raises(MediaError, match=r"nan.wav: 1601 non-finite audio samples \(NaN or inf\) in 0.00-1.00 s, "
+                                             r"the first at 0.50 s"):
+            r.audio(0.0, 1.0)
+    ann = Annotations([Record(str(path), (0,))], ["a"], multi_label=False, source="t")
+    data = DataConfig(modalities=("spectrogram",), spec_frames=100)
+    sample = VideoDataset(ann, data, split="val", on_error="skip")[0]
+    assert isinstance(sample, Skipped) and "non-finite audio samples" in sample.reason

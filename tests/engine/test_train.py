@@ -364,3 +364,64 @@ def test_trainer_steps_are_methods(clip_dirs, tmp_path, monkeypatch):
     model, data_config = load_pretrained(model_dir)
     assert data_config == t.data_config
     torch.testing.assert_close(model.state_dict(), t.model.state_dict())
+
+
+def test_nan_audio_never_reaches_the_model(clip_dirs, tmp_path, capsys):
+    """A float WAV with NaN samples among the training clips: `mbt stats` and training skip it by name (once per
+    epoch), and the statistics and the trained weights are finite."""
+    from mbt.cli import main
+
+    from ..data.test_decode import nan_wav
+
+    folder = clip_dirs["train"].parent
+    bad = nan_wav(tmp_path / "nan.wav", nan_from=0.0, nan_to=1.0, duration=1.0)
+    rows = clip_dirs["train"].read_text().splitlines()
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_text("\n".join(rows[:1] + [f"{bad},red_low"] + [f"{folder / r}" for r in rows[1:]]) + "\n")
+    (tmp_path / "labels.txt").write_text((folder / "labels.txt").read_text())
+    assert main(["stats", str(csv_path), "--num-mel-bins", "32", "--spec-frames", "96"]) == 0
+    out = capsys.readouterr()
+    mean, std = (float(x) for x in out.out.split()[1:4:2])
+    assert np.isfinite([mean, std]).all() and "nan.wav" in out.err and "non-finite" in out.err
+    cfg = write_config(tmp_path / "run.yaml", csv_path, tmp_path / "run", optim={"epochs": 2, "batch_size": 5})
+    model_dir = train(RunConfig.from_yaml(cfg))
+    state = load_file(model_dir / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert sum(int(r["skipped"]) for r in _log(tmp_path / "run" / "train_log.csv")) == 2
+    assert "nan.wav" in capsys.readouterr().out
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(clip_dirs, tmp_path, monkeypatch, capsys):
+    """A step whose loss is NaN changes no weight and names its clips; train.max_nonfinite_steps of them in a row
+    end the run with one line, and no model directory or checkpoint holding NaN is ever written."""
+    import mbt.engine.trainer as trainer_module
+    from mbt.cli import main
+    from mbt.data.datasets import VideoDataset, collate
+    from mbt.engine.distributed import DistInfo
+    from mbt.engine.trainer import Trainer
+    from mbt.errors import NonFiniteError
+
+    real_loss = trainer_module.mbt_loss
+    monkeypatch.setattr(trainer_module, "mbt_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
+    cfg = write_config(tmp_path / "run.yaml", clip_dirs["train"], tmp_path / "run",
+                       train={"max_nonfinite_steps": 3, "checkpoint_every_steps": 4})
+    t = Trainer(RunConfig.from_yaml(cfg), DistInfo())
+    t.setup()
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    batch = collate([VideoDataset(t.train_ann, t.data_config, split="val")[i] for i in range(4)])
+    stats = t.train_step([batch])
+    assert stats["nonfinite"] and len(stats["files"]) == 4
+    torch.testing.assert_close(t.model.state_dict(), before, rtol=0, atol=0)
+
+    assert main(["train", str(cfg)]) == 1
+    err = capsys.readouterr()
+    assert "3 non-finite training steps in a row (up to step 3" in err.err and err.err.count("\n") == 1
+    assert "step 1: non-finite loss" in err.out and ".mp4" in err.out
+    assert not (tmp_path / "run" / "model").exists() and not list_checkpoints(tmp_path / "run")
+
+    nan_model = MBT(t.model_config)
+    with torch.no_grad():
+        nan_model.output_projection.bias[0] = float("nan")
+    with pytest.raises(NonFiniteError, match="output_projection.bias"):
+        nan_model.save_pretrained(tmp_path / "nan-model")
+    assert not (tmp_path / "nan-model" / "model.safetensors").exists()

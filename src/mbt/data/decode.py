@@ -390,6 +390,11 @@ class MediaReader:
                                         f" s and audio until {end:.2f} s was asked for")
         if lead or tail:
             got = np.concatenate([np.zeros(lead, np.float32), got, np.zeros(tail, np.float32)])
+        bad = ~np.isfinite(got)
+        if bad.any():  # a float WAV can hold NaN or inf; they would turn a whole model into NaN
+            at = start + int(np.argmax(bad)) / sample_rate
+            raise MediaError(self.path, f"{int(bad.sum())} non-finite audio samples (NaN or inf) in "
+                                        f"{start:.2f}-{end:.2f} s, the first at {at:.2f} s")
         return np.ascontiguousarray(got, dtype=np.float32)
 
     # ------------------------------------------------------------------ lifecycle

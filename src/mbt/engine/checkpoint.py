@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..models.pretrained import atomic_write
+from ..models.pretrained import atomic_write, check_finite
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
@@ -43,6 +43,7 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 def save_checkpoint(state: dict[str, Any], output_dir: str | Path, step: int, keep: int) -> Path:
     """Write `state` atomically as step-<step>.pt and delete all but the newest `keep` checkpoints."""
+    check_finite(state["model"], f"checkpoint of step {step}")
     path = checkpoint_path(output_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save(state, tmp))

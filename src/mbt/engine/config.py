@@ -174,12 +174,15 @@ class TrainConfig:
     """A tqdm progress bar (rank 0)."""
     stats_max_clips: int = 500
     """With data.front_end mean/std 'auto': the training clips (the first N) the statistics are measured on."""
+    max_nonfinite_steps: int = 5
+    """A step whose loss or gradient is NaN or inf is skipped (logged with its files); this many in a row stop the
+    run with an error."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision = {self.precision!r}; allowed: {PRECISIONS}")
         for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "clips_per_forward",
-                     "stats_max_clips"):
+                     "stats_max_clips", "max_nonfinite_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} = {getattr(self, name)!r}: must be an integer >= 1")
         if self.num_workers < 0:

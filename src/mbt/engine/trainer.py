@@ -34,6 +34,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,7 +47,7 @@ from ..data.annotations import Annotations
 from ..data.datasets import SkipReport, VideoDataset, make_loader
 from ..data.stats import compute_stats
 from ..data.transforms import mixup
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteError
 from ..models.mbt import MBT
 from ..weights.vit import init_from_vit
 from . import distributed
@@ -203,6 +204,7 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         self.cache = (cache if cache is not None else {}) if cfg.train.cache_decoded else None
         self.step = 0
+        self.nonfinite_steps = self.nonfinite_in_a_row = 0  # skipped steps: in all, and the current run of them
         self.ckpt: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -368,8 +370,11 @@ class Trainer:
                 for b in group:
                     skips.update(b)
                 stats = self.train_step(group)
+                self._check_finite_step(stats)
                 lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
+                with warnings.catch_warnings():  # a skipped step still advances the schedule
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    self.scheduler.step()
                 self.step += 1
                 bar.update(1)
                 window_clips += stats["clips"]
@@ -381,7 +386,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}", clips_s=f"{rate:.1f}", refresh=False)
                     self.logger.log("train_log.csv", self.step, {
                         "epoch": round(self.step / self.steps_per_epoch, 4), "loss": stats["loss"], "lr": lr,
-                        "grad_norm": stats["grad_norm"], "clips_per_s": rate, "skipped": stats["skipped"]}, "train")
+                        "grad_norm": stats["grad_norm"], "clips_per_s": rate, "skipped": stats["skipped"],
+                        "nonfinite_steps": self.nonfinite_steps}, "train")
                     window_clips, window_start = 0, time.perf_counter()
                 # Validation before the checkpoint of the same step: a run killed in between redoes both.
                 if self.val_ann is not None and ((self.eval_every and self.step % self.eval_every == 0)
@@ -399,9 +405,28 @@ class Trainer:
         self.logger.close()
         return model_dir
 
+    def _check_finite_step(self, stats: dict[str, Any]) -> None:
+        """Count a skipped non-finite step and name its files; train.max_nonfinite_steps in a row end the run."""
+        if not stats.get("nonfinite"):
+            self.nonfinite_in_a_row = 0
+            return
+        self.nonfinite_steps += 1
+        self.nonfinite_in_a_row += 1
+        files = stats["files"]
+        listed = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
+        tqdm.write(f"[rank {self.info.rank}] step {self.step + 1}: non-finite loss ({stats['loss']}) or gradient "
+                   f"norm ({stats['grad_norm']}); the step is skipped; its clips: {listed}")
+        if self.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{self.nonfinite_in_a_row} non-finite training steps in a row (up to step {self.step + 1}; "
+                f"train.max_nonfinite_steps = {self.cfg.train.max_nonfinite_steps}): the run has diverged or its "
+                f"data holds NaN/inf; lower optim.lr or check the clips named above (last batch: {listed}). The "
+                "checkpoints written so far are finite: resume from one with --resume")
+
     def train_step(self, group: list[dict[str, Any]]) -> dict[str, Any]:
         """One optimiser step over this process's micro-batches `group`. Returns the step's mean loss over all
-        processes, the clips used, the clips skipped and the gradient norm (before clipping)."""
+        processes, the clips used, the clips skipped and the gradient norm (before clipping). A step whose loss
+        or gradient norm is NaN or inf changes nothing and returns 'nonfinite': True and the batch's 'files'."""
         cfg, info, model, ddp = self.cfg, self.info, self.model, self.ddp
         oc, cfgm, step = cfg.optim, model.config, self.step
         alpha = self.data_config.augment.mixup_alpha if self.data_config.augment else 0.0
@@ -440,8 +465,13 @@ class Trainer:
                 loss_sum += float(losses.detach().sum())
         max_norm = oc.max_grad_norm if oc.max_grad_norm is not None else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        loss = distributed.all_reduce_sum(loss_sum, info) / valid  # the same on every process, as is grad_norm
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            # A NaN or inf would spread through the weights into every later output: the step is skipped.
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"loss": loss, "clips": int(valid), "skipped": skipped, "grad_norm": grad_norm, "nonfinite": True,
+                    "files": [p for b in group for p in b.get("path", [])]}
         self.optimizer.step()
-        loss = distributed.all_reduce_sum(loss_sum, info) / valid
         return {"loss": loss, "clips": int(valid), "skipped": skipped, "grad_norm": grad_norm}
 
     # ------------------------------------------------------------------ evaluation

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError, MissingFileError
+from ..errors import CheckpointError, MissingFileError, NonFiniteError
 from .config import MBTConfig
 
 CONFIG_NAME = "config.json"
@@ -65,12 +65,23 @@ def save_model_dir(model: torch.nn.Module, directory: str | Path, data_config=No
         raise CheckpointError(f"{directory}: exists and is not a folder; give a new or existing folder for the model")
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    check_finite(state, f"model for {directory}")
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
     atomic_write(directory / CONFIG_NAME, lambda p: model.config.to_json_file(p))
     if data_config is not None:
         data_config.check_model(model.config)
         atomic_write(directory / PREPROCESSOR_NAME, lambda p: data_config.save_file(p))
     return directory
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise NonFiniteError naming every floating-point tensor of `tensors` that holds NaN or inf: such weights
+    must never be written (a model that outputs NaN for every input)."""
+    bad = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteError(f"{what}: {len(bad)} tensor(s) hold NaN or inf ({', '.join(bad[:5])}"
+                             f"{', ...' if len(bad) > 5 else ''}); nothing was written")
 
 
 def mismatch_message(missing: list[str], unexpected: list[str], wrong_shape: list[str],
@@ -114,4 +125,4 @@ def read_model_dir(directory: str | Path, map_location: str | torch.device = "cp
 
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PREPROCESSOR_NAME", "atomic_write", "save_model_dir", "read_model_dir",
-           "check_state_dict", "mismatch_message"]
+           "check_state_dict", "check_finite", "mismatch_message"]
