@@ -382,22 +382,26 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from .analysis.predict import format_table, predict_files, write_predictions
+    from .analysis.predict import find_media, format_table, predict_files, write_predictions
     from .data.config import load_pretrained
 
     if args.output and Path(args.output).suffix.lower() not in (".json", ".csv"):
         raise ConfigError(f"--output {args.output}: use a .json or .csv file name")
     model, data_config = load_pretrained(args.model_dir, map_location=args.device)
+    files, problems = find_media(args.videos)
+    for problem in problems:  # reported, and the other paths are still predicted
+        print(f"mbt predict: {problem}", file=sys.stderr)
     preds, report = predict_files(model, args.videos, data_config, clips=args.clips, k=args.top_k,
                                   batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, files=files)
     for s in report.skipped:
         print(f"mbt predict: skipped {s.path}: {s.reason}", file=sys.stderr)
     if preds:
         print(format_table(preds, model.config.modality_fusion))
     if args.output:
         print(f"wrote {write_predictions(preds, args.output)}", file=sys.stderr)
-    return 0 if preds else 1
+    # Exit 1 when a path given holds no media (or nothing could be predicted); unreadable files are reported above.
+    return 0 if preds and not problems else 1
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:

@@ -11,6 +11,7 @@ import torch
 from mbt.analysis.explain import explain_video, load_clip
 from mbt.analysis.predict import find_videos, predict_arrays, predict_files, top_k
 from mbt.data import DataConfig
+from mbt.data.synthetic import write_media
 from mbt.models.mbt import MBT
 
 from ..avdigits.test_demo import png_size, run_cli
@@ -103,3 +104,21 @@ def test_explain_writes_overlays_of_the_right_size(model_dir, videos, tmp_path):
     assert json.loads((tmp_path / "ex" / "explain.json").read_text())["streams"] == ["video"]
     r = run_cli("explain", str(model_dir), str(videos["broken"]), "--out", "ex2", cwd=tmp_path)
     assert r.returncode == 1 and "broken.mp4" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_predict_finds_every_media_file_and_goes_on_past_bad_paths(model_dir, tmp_path):
+    """A folder with an audio-only file and an MPEG-TS file: both are found and predicted; an empty folder and a
+    missing path are each reported in one line, the others are still predicted, and the exit status is 1."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    write_media(folder / "talk.wav", duration=1.0, video=False, audio_codec="pcm_s16le")
+    write_media(folder / "cam.ts", duration=1.0)
+    (folder / "notes.txt").write_text("not media")
+    (tmp_path / "empty").mkdir()
+    r = run_cli("predict", str(model_dir), str(folder), str(tmp_path / "empty"), str(tmp_path / "gone.mp4"),
+                "--output", "p.json", "--quiet", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "empty: a folder with no media file" in r.stderr and "gone.mp4: no such file or folder" in r.stderr
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert {d["source"].rsplit("/", 1)[1]: d["streams"] for d in data} == {"cam.ts": ["audio", "video"],
+                                                                         "talk.wav": ["audio"]}

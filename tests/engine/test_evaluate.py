@@ -78,3 +78,36 @@ def test_mbt_eval_errors_are_one_line(tmp_path, capsys):
     assert "not a model directory" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 1
     assert "no such config file" in capsys.readouterr().err
+
+
+def test_eval_writes_every_skipped_file(clip_dirs, tmp_path):
+    """`mbt eval` names every video it could not score in skipped.csv beside metrics.json (not just the first ten),
+    counts them in metrics.json, and keeps stdout for the JSON alone."""
+    import csv
+    import json
+
+    from mbt.cli import main  # noqa: F401  (the CLI runs in a subprocess below)
+
+    from .conftest import write_config
+    from ..avdigits.test_demo import run_cli
+
+    cfg = write_config(tmp_path / "run.yaml", clip_dirs["train"], tmp_path / "run", optim={"epochs": 1})
+    assert run_cli("train", str(cfg), cwd=tmp_path).returncode == 0
+    folder = clip_dirs["test"].parent
+    rows = clip_dirs["test"].read_text().splitlines()
+    bad = []
+    for i in range(12):
+        path = tmp_path / f"broken_{i}.mp4"
+        path.write_bytes(b"\x00not a video" * (i + 1))
+        bad.append(f"{path},red_low")
+    csv_path = tmp_path / "eval.csv"
+    csv_path.write_text("\n".join(rows[:1] + bad + [f"{folder / r}" for r in rows[1:]]) + "\n")
+    r = run_cli("eval", str(tmp_path / "run" / "model"), str(csv_path), "--labels", str(folder / "labels.txt"),
+                "--output", "ev", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)  # stdout is the JSON and nothing else
+    assert summary["num_skipped"] == 12 and summary["num_videos"] == 12 + len(rows) - 1
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_skipped"] == 12
+    skipped = list(csv.DictReader(open(tmp_path / "ev" / "skipped.csv")))
+    assert [s["path"] for s in skipped] == [b.split(",")[0] for b in bad]
+    assert all("not a media file" in s["reason"] for s in skipped)

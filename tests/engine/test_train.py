@@ -389,6 +389,9 @@ def test_nan_audio_never_reaches_the_model(clip_dirs, tmp_path, capsys):
     assert all(torch.isfinite(v).all() for v in state.values())
     assert sum(int(r["skipped"]) for r in _log(tmp_path / "run" / "train_log.csv")) == 2
     assert "nan.wav" in capsys.readouterr().out
+    skipped = _log(tmp_path / "run" / "skipped_train.csv")  # each epoch's skipped clips, on record
+    assert [(r["epoch"], r["path"]) for r in skipped] == [("0", str(bad)), ("1", str(bad))]
+    assert all("non-finite audio samples" in r["reason"] for r in skipped)
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(clip_dirs, tmp_path, monkeypatch, capsys):

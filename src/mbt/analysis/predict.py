@@ -25,7 +25,10 @@ from ..errors import InputError, MissingFileError
 from ..models.config import STREAM
 from ..models.mbt import MBT
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".mts",
+                    ".m2ts", ".3gp", ".ogv", ".mxf", ".vob", ".h264", ".hevc")
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".oga", ".opus", ".wma", ".aiff", ".aif")
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
 
 
 @dataclass
@@ -102,33 +105,45 @@ def unlabelled(files: Sequence[str | Path], model: MBT, source: str) -> Annotati
     return Annotations([Record(str(f), ()) for f in files], label_names(model), multi_label=False, source=source)
 
 
-def find_videos(paths: Iterable[str | Path]) -> list[str]:
-    """Files as given, and the video files (by extension, recursively, sorted) of folders. A path that does not
-    exist raises FileNotFoundError naming it."""
+def find_media(paths: Iterable[str | Path]) -> tuple[list[str], list[str]]:
+    """Files as given, and the media files of folders (video and audio, by extension, recursively, sorted).
+    Returns (files, problems): a path that does not exist, or a folder with no media file, is a one-line problem
+    naming it, and the other paths are still listed."""
     found: list[str] = []
+    problems: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MEDIA_EXTENSIONS)
             if not files:
-                raise MissingFileError(f"{p}: a folder with no video files ({', '.join(VIDEO_EXTENSIONS)})")
+                problems.append(f"{p}: a folder with no media file (video: {' '.join(VIDEO_EXTENSIONS)}; audio: "
+                                f"{' '.join(AUDIO_EXTENSIONS)})")
             found += [str(f) for f in files]
         elif p.is_file():
             found.append(str(p))
         else:
-            raise MissingFileError(f"{p}: no such file or folder")
+            problems.append(f"{p}: no such file or folder")
+    return found, problems
+
+
+def find_videos(paths: Iterable[str | Path]) -> list[str]:
+    """`find_media`, with a path that has no media raising MissingFileError naming it."""
+    found, problems = find_media(paths)
+    if problems:
+        raise MissingFileError("; ".join(problems))
     return found
 
 
 @torch.no_grad()
 def predict_files(model: MBT, paths: Sequence[str | Path], data_config: DataConfig, clips: int = 1, k: int = 5,
                   batch_size: int = 8, num_workers: int = 0, device: str | torch.device = "cpu",
-                  progress: bool = True) -> tuple[list[Prediction], SkipReport]:
-    """Top-k predictions for video files (`find_videos` expands folders), averaging the logits of `clips` clips
-    spread over each video (the test-time sampling of the data config). Files that cannot be read are skipped and
-    listed in the returned SkipReport; a file without an audio (or video) track is scored with the stream it has."""
+                  progress: bool = True, files: Sequence[str] | None = None) -> tuple[list[Prediction], SkipReport]:
+    """Top-k predictions for media files (`find_videos` expands folders; or give `files` already found),
+    averaging the logits of `clips` clips spread over each video (the test-time sampling of the data config).
+    Files that cannot be read are skipped and listed in the returned SkipReport; a file without an audio (or
+    video) track is scored with the stream it has."""
     device = torch.device(device)
     model.eval().to(device)
-    files = find_videos(paths)
+    files = list(files) if files is not None else find_videos(paths)
     ann = unlabelled(files, model, "predict")
     dc = dataclasses.replace(data_config, num_test_clips=clips, missing_stream="flag")
     dataset = VideoDataset(ann, dc, split="test", on_error="skip")
@@ -178,5 +193,5 @@ def format_table(predictions: Sequence[Prediction], all_streams: Sequence[str]) 
     return "\n".join(lines)
 
 
-__all__ = ["Prediction", "predict_files", "predict_arrays", "find_videos", "top_k", "scores", "write_predictions",
+__all__ = ["Prediction", "predict_files", "predict_arrays", "find_videos", "find_media", "MEDIA_EXTENSIONS", "top_k", "scores", "write_predictions",
            "format_table", "label_names", "VIDEO_EXTENSIONS"]

@@ -325,6 +325,22 @@ class SkipReport:
         self.seen += batch["size"] + len(batch["skipped"])
         self.skipped.extend(batch["skipped"])
 
+    def write_csv(self, path, extra: dict[str, Any] | None = None, append: bool = False,
+                  skipped: Sequence[Skipped] | None = None) -> None:
+        """Every skipped sample as a CSV row (path, reason, and the columns of `extra`, e.g. the epoch)."""
+        import csv
+        from pathlib import Path
+
+        path = Path(path)
+        rows = self.skipped if skipped is None else skipped
+        new = not (append and path.exists() and path.stat().st_size)
+        with path.open("a" if append else "w", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow([*(extra or {}), "path", "reason"])
+            for s in rows:
+                writer.writerow([*(extra or {}).values(), s.path, s.reason])
+
     def summary(self, max_files: int = 10) -> str:
         if not self.skipped:
             return f"no sample skipped ({self.seen} seen)"

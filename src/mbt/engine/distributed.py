@@ -93,6 +93,15 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def gather_objects(items: list, info: DistInfo) -> list:
+    """Every process's `items` (picklable), concatenated in rank order; the list itself without torchrun."""
+    if not info.distributed:
+        return list(items)
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, list(items))
+    return [x for part in out for x in part]
+
+
 def gather_rows(tensors: Sequence[torch.Tensor], info: DistInfo) -> list[torch.Tensor]:
     """Concatenate row-aligned tensors (same first dimension within a rank, any across ranks) from every rank,
     rank 0's rows first. Every rank gets the result. Used to score metrics on the whole evaluation set."""

@@ -15,6 +15,7 @@ import contextlib
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -34,6 +35,7 @@ from .metrics import compute_metrics
 
 METRICS_NAME = "metrics.json"
 PER_CLASS_NAME = "per_class.csv"
+SKIPPED_NAME = "skipped.csv"  # every video that could not be scored, with its reason
 
 
 class ShardSampler(Sampler[int]):
@@ -175,9 +177,17 @@ def score(logits: torch.Tensor, labels: torch.Tensor, config, label_names=None
 
 
 def write_results(out_dir: str | Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[Path, Path]:
-    """`metrics.json` (the summary) and `per_class.csv` (one row per class) in `out_dir`."""
+    """`metrics.json` (the summary; 'num_skipped' counts the videos left out), `per_class.csv` (one row per class)
+    and `skipped.csv` (every video left out, with its reason; written when the summary lists them) in `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    summary = dict(summary)
+    skipped = summary.pop("skipped_files", None)
+    if skipped is not None:
+        with (out_dir / SKIPPED_NAME).open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "reason"])
+            writer.writerows([s.path, s.reason] for s in skipped)
     metrics_path = out_dir / METRICS_NAME
     metrics_path.write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
     per_class = out_dir / PER_CLASS_NAME
@@ -215,15 +225,15 @@ def evaluate_conditions(model: MBT, annotations: Annotations, data_config: DataC
     logits, labels, _, report = predict_conditions(model, dataset, device, conditions, batch_size, num_workers,
                                                    clips_per_forward, info, autocast, progress, desc=split)
     info = info or distributed.DistInfo(device=device)
-    skipped = int(distributed.all_reduce_sum(len(report.skipped), info))
+    skipped = sorted(distributed.gather_objects(report.skipped, info), key=lambda s: s.index)
     if report.skipped:
-        tqdm.write(report.summary())
+        tqdm.write(report.summary(), file=sys.stderr)  # stdout is kept for results
     out = {}
     for c in conditions:
         summary, rows = score(logits[c], labels, model.config, annotations.label_names)
-        out[c] = ({**summary, "num_videos": len(annotations.records), "num_skipped": skipped,
+        out[c] = ({**summary, "num_videos": len(annotations.records), "num_skipped": len(skipped),
                    "clips_per_video": data_config.num_test_clips if split == "test" else 1,
-                   "clip_average": "logits"}, rows)
+                   "clip_average": "logits", "skipped_files": skipped}, rows)
     return out
 
 

@@ -23,7 +23,9 @@ Outputs in `train.output_dir`:
     train_log.csv, eval_log.csv step-wise training and evaluation logs
     tensorboard/                the same as TensorBoard events
     model/                      the final model directory (config.json, model.safetensors, preprocessor_config.json)
-    eval/                       metrics.json and per_class.csv of the final multi-clip test (if dataset.test is set)
+    eval/                       metrics.json, per_class.csv and skipped.csv of the final multi-clip test (if
+                                dataset.test is set)
+    skipped_train.csv           epoch, path and reason of every training clip that could not be read
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from .optim import make_optimizer, make_scheduler
 
 MODEL_DIR = "model"
 EVAL_DIR = "eval"
+SKIPPED_TRAIN = "skipped_train.csv"  # epoch, path, reason of every training clip that could not be read
 # Sections whose change makes a checkpoint a different run (train.* may change on resume: workers, logging, ...).
 _RUN_SECTIONS = ("model", "data", "dataset", "init", "optim")
 
@@ -97,13 +100,14 @@ class RunLogger:
     """CSV files and TensorBoard events (rank 0 only). On resume, rows after the resumed step (and rows of the
     final test) are dropped: they belong to the interrupted tail that is being redone."""
 
-    def __init__(self, out: Path, active: bool, tensorboard: bool, start_step: int) -> None:
+    def __init__(self, out: Path, active: bool, tensorboard: bool, start_step: int, start_epoch: int = 0) -> None:
         self.out, self.active = out, active
         self.tb = None
         if not active:
             return
         for name in ("train_log.csv", "eval_log.csv"):
             _truncate_csv(out / name, start_step)
+        _truncate_skips(out / SKIPPED_TRAIN, start_epoch)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -118,7 +122,7 @@ class RunLogger:
         if not self.active:
             return
         path = self.out / name
-        row = {"step": step, **values}
+        row = {"step": step, **{k: v for k, v in values.items() if k != "skipped_files"}}  # listed in a CSV
         new = not path.exists() or path.stat().st_size == 0
         with path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
@@ -133,6 +137,17 @@ class RunLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _truncate_skips(path: Path, epoch: int) -> None:
+    """Drop the skipped-clip rows of the epochs a resumed run redoes."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) < epoch]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(keep)
 
 
 def _truncate_csv(path: Path, step: int) -> None:
@@ -351,7 +366,7 @@ class Trainer:
         cfg, tc, info = self.cfg, self.cfg.train, self.info
         G, accum, world = cfg.optim.batch_size, cfg.optim.grad_accum_steps, info.world_size
         dataset = VideoDataset(self.train_ann, self.data_config, split="train", seed=tc.seed, cache=self.cache)
-        self.logger = RunLogger(self.out, info.is_main, tc.tensorboard, self.step)
+        self.logger = RunLogger(self.out, info.is_main, tc.tensorboard, self.step, self.step // self.steps_per_epoch)
         skips = SkipReport()
         bar = tqdm(total=self.total, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (tc.progress and info.is_main))
@@ -397,6 +412,9 @@ class Trainer:
                     self.save_checkpoint()
             if skips.skipped:
                 tqdm.write(f"[rank {info.rank}] epoch {epoch}: {skips.summary()}")
+            skipped = distributed.gather_objects(skips.skipped, info)
+            if info.is_main and skipped:
+                skips.write_csv(self.out / SKIPPED_TRAIN, {"epoch": epoch}, append=True, skipped=skipped)
             skips.reset()
         bar.close()
         model_dir = self.save_model()
