@@ -175,10 +175,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "  mbt train configs/audioset_mini.yaml --dataset.train.video_dir data/audioset --train.output_dir runs/as\n"
             "  mbt train configs/vggsound.yaml --optim.lr 0.1 --optim.batch_size=32 --train.num_workers 8\n"
             "  mbt train runs/as/config.yaml --resume\n"
+            "  mbt train runs/as/config.yaml --resume-from runs/as/checkpoints/step-00001000.pt\n"
             "  torchrun --nproc-per-node 8 -m mbt train configs/kinetics400.yaml\n"))
     p.add_argument("config", help="YAML run config")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in train.output_dir from its newest checkpoint")
+    p.add_argument("--resume-from", default=None, metavar="CHECKPOINT",
+                   help="continue from this checkpoint of the run (e.g. an older one when the newest is damaged); "
+                        "newer checkpoints are kept as *.pt.superseded")
     p.set_defaults(func=_run_train, takes_overrides=True)
 
 
@@ -191,7 +195,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: no such config file; give the config file first, then the overrides: "
                           "mbt train CONFIG.yaml --section.key value ...")
     cfg = RunConfig.from_yaml(args.config, args.overrides)
-    model_dir = train(cfg, resume=args.resume)
+    model_dir = train(cfg, resume=args.resume, resume_from=args.resume_from)
     if is_main_process():
         print(f"model: {model_dir}")
     return 0

@@ -428,3 +428,52 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(clip_dirs, tmp_path, mon
     with pytest.raises(NonFiniteError, match="output_projection.bias"):
         nan_model.save_pretrained(tmp_path / "nan-model")
     assert not (tmp_path / "nan-model" / "model.safetensors").exists()
+
+
+def test_damaged_checkpoint_is_refused_and_an_older_one_resumes(clip_dirs, tmp_path, capsys):
+    """64 flipped bytes in the newest checkpoint: --resume fails in one line naming it and the intact older one;
+    --resume-from that one finishes the run with the weights of an uninterrupted run, bit for bit."""
+    from mbt.cli import main
+
+    cfg = write_config(tmp_path / "run.yaml", clip_dirs["train"], tmp_path / "unused", optim={"epochs": 2},
+                       train={"checkpoint_every_steps": 2, "keep_checkpoints": 3})
+    assert main(["train", str(cfg), "--train.output_dir", str(tmp_path / "whole")]) == 0
+    ckpts = list_checkpoints(tmp_path / "whole")
+    assert [p.name for p in ckpts] == ["step-00000002.pt", "step-00000004.pt", "step-00000006.pt"]
+    data = bytearray(ckpts[-1].read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(b ^ 0xFF for b in data[len(data) // 2: len(data) // 2 + 64])
+    ckpts[-1].write_bytes(bytes(data))
+    final = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    capsys.readouterr()
+    whole_cfg = str(tmp_path / "whole" / "config.yaml")
+    assert main(["train", whole_cfg, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "step-00000006.pt: damaged (its SHA-256 does not match" in err
+    assert f"--resume-from {ckpts[-2]}" in err
+    assert main(["train", whole_cfg, "--resume-from", str(ckpts[-2])]) == 0
+    assert (tmp_path / "whole" / "checkpoints" / "step-00000006.pt.superseded").is_file()
+    again = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    assert all(torch.equal(final[k], again[k]) for k in final)
+
+
+def test_a_pickle_that_would_run_code_is_refused_by_name(tmp_path, capsys):
+    """A checkpoint whose pickle calls a function (with a valid checksum, so only the unpickler stops it) is
+    refused naming the global it asked for; the function never runs."""
+    import hashlib
+    import io
+
+    from mbt.engine.checkpoint import CHECKSUM_TAG, load_checkpoint
+    from mbt.errors import CheckpointError
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo PWNED",))
+
+    buffer = io.BytesIO()
+    torch.save({"model": Payload()}, buffer)
+    data = buffer.getvalue()
+    path = tmp_path / "step-00000001.pt"
+    path.write_bytes(data + CHECKSUM_TAG + hashlib.sha256(data).digest())
+    with pytest.raises(CheckpointError, match=r"step-00000001.pt: refused: it would unpickle (posix|os)\.system"):
+        load_checkpoint(path)
+    assert "PWNED" not in capsys.readouterr().out

@@ -4,10 +4,15 @@ Each holds the model, optimiser and schedule state, the step, the data position 
 written to a temporary file in the same folder, flushed to disk and renamed, so a crash (even SIGKILL) leaves either
 the previous checkpoint or the new one, never half a file; the last `keep` are kept. Files are read with
 `torch.load(weights_only=True)`: only tensors and plain containers, never arbitrary pickled objects.
+
+Each file ends with a SHA-256 of its contents (`MBT-SHA256:` + 32 bytes after torch's zip), checked before anything
+is unpickled: a file damaged on disk or in a copy is refused by name instead of resuming into NaN weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import random
 import re
 from pathlib import Path
@@ -20,6 +25,7 @@ from ..errors import CheckpointError
 from ..models.pretrained import atomic_write, check_finite
 
 CHECKPOINT_DIR = "checkpoints"
+CHECKSUM_TAG = b"MBT-SHA256:"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -46,7 +52,10 @@ def save_checkpoint(state: dict[str, Any], output_dir: str | Path, step: int, ke
     check_finite(state["model"], f"checkpoint of step {step}")
     path = checkpoint_path(output_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data + CHECKSUM_TAG + hashlib.sha256(data).digest()))
     for old in list_checkpoints(output_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -61,15 +70,51 @@ def remove_partial_files(output_dir: str | Path) -> list[Path]:
     return found
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def verified_bytes(path: str | Path) -> bytes:
+    """The checkpoint's torch payload, after checking the SHA-256 it ends with (CheckpointError naming the file if
+    it does not match). A file without one (written by an older mbt) is returned as it is."""
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
+    n = len(CHECKSUM_TAG) + 32
+    if len(data) >= n and data[-n:-32] == CHECKSUM_TAG:
+        payload = data[:-n]
+        if hashlib.sha256(payload).digest() != data[-32:]:
+            raise CheckpointError(f"{path}: damaged (its SHA-256 does not match: the file changed after it was "
+                                  "written)")
+        return payload
+    return data
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A training checkpoint, checksum verified, unpickled with weights_only=True."""
+    path = Path(path)
+    payload = verified_bytes(path)
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, not a torch file, or holding objects weights_only refuses
+        text = str(e)
+        blocked = re.search(r"GLOBAL ([\w.]+)", text)  # "Unsupported global: GLOBAL x" / "unsupported GLOBAL x"
+        if blocked:  # a pickle that would run code: say what it asked for
+            name = blocked.group(1)
+            raise CheckpointError(f"{path}: refused: it would unpickle {name}, which a training checkpoint never "
+                                  "holds (weights_only=True loads tensors and plain values only)") from None
         raise CheckpointError(f"{path}: not a readable mbt training checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                              f"{text.splitlines()[0] if text else ''})") from None
+
+
+def intact_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The checkpoints whose checksum holds, oldest first (each file is read once)."""
+    found = []
+    for p in list_checkpoints(output_dir):
+        try:
+            verified_bytes(p)
+        except CheckpointError:
+            continue
+        found.append(p)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------- RNG states

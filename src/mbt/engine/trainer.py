@@ -49,12 +49,12 @@ from ..data.annotations import Annotations
 from ..data.datasets import SkipReport, VideoDataset, make_loader
 from ..data.stats import compute_stats
 from ..data.transforms import mixup
-from ..errors import ConfigError, NonFiniteError
+from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..models.mbt import MBT
 from ..weights.vit import init_from_vit
 from . import distributed
-from .checkpoint import (latest_checkpoint, load_checkpoint, remove_partial_files, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import (CHECKPOINT_DIR, intact_checkpoints, latest_checkpoint, list_checkpoints, load_checkpoint,
+                         remove_partial_files, rng_state, save_checkpoint, set_rng_state, verified_bytes)
 from .config import RunConfig, task_of
 from .evaluate import evaluate_dataset, write_results
 from .losses import mbt_loss
@@ -193,13 +193,15 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path]
 
 
-def train(cfg: RunConfig, resume: bool = False, cache: dict | None = None) -> Path:
+def train(cfg: RunConfig, resume: bool = False, cache: dict | None = None,
+          resume_from: str | Path | None = None) -> Path:
     """Train as configured; returns the final model directory. With `resume`, continue from the newest
-    checkpoint in train.output_dir. With train.cache_decoded, `cache` (a dict, see VideoDataset) keeps the decoded
-    clips for the caller: several runs on the same files in one process then decode them once."""
+    checkpoint in train.output_dir; with `resume_from`, from that checkpoint (an older one, when the newest is
+    damaged). With train.cache_decoded, `cache` (a dict, see VideoDataset) keeps the decoded clips for the caller:
+    several runs on the same files in one process then decode them once."""
     info = distributed.setup(cfg.train.device)
     try:
-        return Trainer(cfg, info, resume=resume, cache=cache).fit()
+        return Trainer(cfg, info, resume=resume, cache=cache, resume_from=resume_from).fit()
     finally:
         distributed.cleanup()
 
@@ -214,8 +216,10 @@ class Trainer:
     """
 
     def __init__(self, cfg: RunConfig, info: distributed.DistInfo, resume: bool = False,
-                 cache: dict | None = None) -> None:
-        self.cfg, self.info, self.resume = cfg, info, resume
+                 cache: dict | None = None, resume_from: str | Path | None = None) -> None:
+        self.cfg, self.info = cfg, info
+        self.resume_from = None if resume_from is None else Path(resume_from)
+        self.resume = resume or self.resume_from is not None
         self.out = Path(cfg.train.output_dir)
         self.cache = (cache if cache is not None else {}) if cfg.train.cache_decoded else None
         self.step = 0
@@ -229,6 +233,8 @@ class Trainer:
         the annotations come before anything is built."""
         cfg, info = self.cfg, self.info
         ckpt_path = latest_checkpoint(self.out)
+        if self.resume_from is not None:
+            ckpt_path = self._resume_point(self.resume_from)
         if self.resume and ckpt_path is None:
             raise ConfigError(f"--resume: no checkpoint in {self.out / 'checkpoints'} (train.output_dir); start "
                               "without --resume")
@@ -238,7 +244,7 @@ class Trainer:
         if cfg.dataset.train is None:
             raise ConfigError("dataset.train is required (an annotation file to train on)")
         self.ckpt_path = ckpt_path
-        self.ckpt = load_checkpoint(ckpt_path) if self.resume else None
+        self.ckpt = self._load_checkpoint(ckpt_path) if self.resume else None
         if info.is_main:
             for p in remove_partial_files(self.out):
                 tqdm.write(f"removed {p.name}, left by a checkpoint write that was interrupted")
@@ -257,6 +263,30 @@ class Trainer:
                        f"per step of {self.cfg.optim.batch_size}; {self.steps_per_epoch} steps per epoch, "
                        f"{self.total} steps")
         distributed.barrier(info)
+
+    def _load_checkpoint(self, path: Path) -> dict[str, Any]:
+        """The checkpoint to resume from; a damaged one is an error that names it and the intact older ones."""
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as e:
+            older = [p for p in intact_checkpoints(self.out) if p.name < path.name]
+            hint = (f"; the newest intact checkpoint is {older[-1]}: resume from it with --resume-from {older[-1]}"
+                    if older else "; no older intact checkpoint is kept: start a new train.output_dir")
+            raise CheckpointError(f"{e}{hint}") from None
+
+    def _resume_point(self, path: Path) -> Path:
+        """--resume-from: a checkpoint of this run. Newer checkpoints (damaged ones, or a branch abandoned) are
+        renamed to *.pt.superseded, so the run continues from `path` and nothing is deleted."""
+        folder = self.out / CHECKPOINT_DIR
+        if not path.is_file():
+            raise CheckpointError(f"--resume-from {path}: no such checkpoint (the run's checkpoints are in {folder})")
+        verified_bytes(path)  # this one must be intact before anything is renamed
+        if self.info.is_main and path.resolve().parent == folder.resolve():
+            for newer in [p for p in list_checkpoints(self.out) if p.name > path.name]:
+                newer.rename(newer.with_name(newer.name + ".superseded"))
+                tqdm.write(f"{newer.name} comes after {path.name}: kept as {newer.name}.superseded")
+        distributed.barrier(self.info)
+        return path
 
     def _setup_data(self) -> None:
         """The model and data configs (spectrogram statistics measured with mean/std 'auto', or read back from the
