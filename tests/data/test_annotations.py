@@ -182,3 +182,30 @@ def test_plain_csv_with_several_label_columns_is_multi_head(tmp_path):
         read_csv(tmp_path / "short.csv")
     with pytest.raises(AnnotationError, match=r"label name 'cat' is not 'head:value'"):
         read_annotations(tmp_path / "tr.csv", labels=["cat"])
+
+
+def test_annotation_content_is_checked(tmp_path):
+    """All labels empty, times that are negative or not finite, a file that is not UTF-8: errors naming file:line;
+    duplicate rows and a clip listed with other labels: reported with counts in the summary."""
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (tmp_path / name).write_bytes(b"x")
+
+    def fails(text: str, match: str, data: bytes | None = None) -> None:
+        path = tmp_path / "ann.csv"
+        path.write_bytes(data if data is not None else text.encode())
+        with pytest.raises(AnnotationError, match=match):
+            read_annotations(path)
+
+    fails("path,label\na.mp4,\nb.mp4,\n", r"ann.csv:2: no row has a label \(the label column is empty in all 2 rows")
+    fails("path,label,start,end\na.mp4,dog,-1,2\n", r"ann.csv:2: start -1 is negative; times are seconds")
+    fails("path,label,start,end\na.mp4,dog,0,nan\n", r"ann.csv:2: end 'nan' is not a finite number")
+    fails("path,shown,spoken,start,end\na.mp4,1,2,0,inf\n", r"ann.csv:2: end 'inf' is not a finite number")
+    fails("", r"ann.csv:3: not UTF-8 text \(byte 0xe9\); save the annotation file as UTF-8",
+          data="path,label\na.mp4,dog\nb.mp4,caf\u00e9\n".encode("latin-1"))
+    path = tmp_path / "ann.csv"
+    path.write_text("path,label\na.mp4,dog\nb.mp4,cat\na.mp4,dog\na.mp4,dog\nb.mp4,dog\nc.mp4,cat\n")
+    ann = read_annotations(path)
+    assert len(ann.records) == 6  # every row is kept
+    summary = ann.summary()
+    assert "2 duplicate row(s)" in summary and "(e.g. a.mp4 at lines 2 and 4)" in summary
+    assert "1 row(s) give a clip already listed other labels (e.g. b.mp4 at lines 3 and 6)" in summary

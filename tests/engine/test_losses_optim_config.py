@@ -173,3 +173,30 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = RunConfig.from_yaml(REPO / "configs" / "epic_kitchens_100.yaml")
     cfg.to_yaml(tmp_path / "c.yaml")
     assert RunConfig.from_yaml(tmp_path / "c.yaml") == cfg
+
+
+def test_run_config_errors_name_the_dotted_field(tmp_path):
+    """A YAML file whose top level is not a mapping, or a value of the wrong type deep in `data` or `model`: one
+    ConfigError naming the file and the dotted field, before anything is read or built."""
+    from mbt.engine.config import RunConfig
+
+    cases = {
+        "- a\n- b\n": r"the top level must be a mapping of sections \['model', 'data'",
+        "data: {front_end: {mean: abc, std: 2.0}}\n": r"data.front_end.mean = 'abc': expected a number",
+        "data: {augment: {mixup_alpha: [1]}}\n": r"data.augment.mixup_alpha = \[1\]: expected a finite number",
+        "model: {fusion_layer: two}\n": r"model.fusion_layer = 'two': expected an integer",
+        "model: {image_size: [224, x]}\n": r"model.image_size = \[224, 'x'\]: expected a list of 2 integers",
+        "data: [1, 2]\n": r"data: expected a mapping of fields",
+    }
+    for text, match in cases.items():
+        path = tmp_path / "run.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            RunConfig.from_yaml(path)
+    path.write_text("data: {front_end: {mean: auto, std: auto}, num_frames: 8}\nmodel: {image_size: 64}\n"
+                    "optim: {lr: 5e-4}\n")
+    cfg = RunConfig.from_yaml(path)  # 'auto', a square size and a number written as 5e-4 are fine
+    assert cfg.auto_stats and cfg.optim.lr == 5e-4
+    path.write_bytes(b"optim: {name: sgd}\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: not UTF-8 text"):
+        RunConfig.from_yaml(path)

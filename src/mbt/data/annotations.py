@@ -26,6 +26,8 @@ Formats (`read_annotations(format=...)`, or 'auto' to detect from the file):
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -62,6 +64,8 @@ class Annotations:
     source: str = ""
     missing_files: list[str] = field(default_factory=list)
     """Ids of annotated clips with no file in the video folder (left out of `records`)."""
+    notes: list[str] = field(default_factory=list)
+    """What a reader noticed and kept (duplicate rows, conflicting labels), shown by `summary()`."""
 
     @property
     def num_classes(self) -> int:
@@ -83,6 +87,8 @@ class Annotations:
         if self.missing_files:
             text += (f"; {len(self.missing_files)} annotated clips have no file and are left out "
                      f"(e.g. {', '.join(self.missing_files[:3])})")
+        for note in self.notes:
+            text += f"; {note}"
         return text
 
 
@@ -135,25 +141,68 @@ def _seconds_stems(ytid: str, start: float, end: float | None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- readers
-def _rows(path: Path, skip_comments: bool = False) -> list[tuple[int, list[str]]]:
+def read_text(path: str | Path, what: str = "annotation file") -> str:
+    """A text file as UTF-8 (a byte-order mark is dropped); an error names the file, the line and the byte that is
+    not UTF-8, and the fix."""
+    path = Path(path)
     if not path.is_file():
-        raise AnnotationError(f"{path}: no such annotation file")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = []
-        for n, row in enumerate(csv.reader(f, skipinitialspace=True), start=1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if skip_comments and row[0].lstrip().startswith("#"):
-                continue
-            rows.append((n, [c.strip() for c in row]))
+        raise AnnotationError(f"{path}: no such {what}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise AnnotationError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the {what} as "
+                              "UTF-8") from None
+
+
+def _rows(path: Path, skip_comments: bool = False) -> list[tuple[int, list[str]]]:
+    rows = []
+    for n, row in enumerate(csv.reader(io.StringIO(read_text(path), newline=""), skipinitialspace=True), start=1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if skip_comments and row[0].lstrip().startswith("#"):
+            continue
+        rows.append((n, [c.strip() for c in row]))
     return rows
 
 
 def _float(value: str, path: Path, line: int, name: str) -> float:
+    """A time in seconds from the start of the file: a finite number >= 0, else an error naming the row."""
     try:
-        return float(value)
+        t = float(value)
     except ValueError:
         raise AnnotationError(f"{path}:{line}: {name} {value!r} is not a number") from None
+    if not math.isfinite(t):
+        raise AnnotationError(f"{path}:{line}: {name} {value!r} is not a finite number of seconds")
+    if t < 0:
+        raise AnnotationError(f"{path}:{line}: {name} {value} is negative; times are seconds from the start of "
+                              "the file")
+    return t
+
+
+def _repeats(parsed: Sequence[tuple[int, str, Sequence[str], float | None, float | None]]) -> list[str]:
+    """Notes on rows that repeat: the same clip (file, start, end) with the same labels (duplicates), and the
+    same clip with different labels (conflicts), with counts and the lines of the first example."""
+    seen: dict[tuple, tuple[int, tuple]] = {}
+    duplicates, conflicts, example_dup, example_conflict = 0, 0, "", ""
+    for n, file, labels, start, end in parsed:
+        key, value = (file, start, end), tuple(sorted(labels))
+        if key not in seen:
+            seen[key] = (n, value)
+        elif seen[key][1] == value:
+            duplicates += 1
+            example_dup = example_dup or f"{file} at lines {seen[key][0]} and {n}"
+        else:
+            conflicts += 1
+            example_conflict = example_conflict or f"{file} at lines {seen[key][0]} and {n}"
+    notes = []
+    if duplicates:
+        notes.append(f"{duplicates} duplicate row(s), each read again as its own clip (e.g. {example_dup})")
+    if conflicts:
+        notes.append(f"{conflicts} row(s) give a clip already listed other labels (e.g. {example_conflict}); each "
+                     "row is read as its own clip")
+    return notes
 
 
 def read_audioset(segments_csv: str | Path, labels: str | Path, video_dir: str | Path) -> Annotations:
@@ -325,6 +374,9 @@ def read_csv(csv_path: str | Path, video_dir: str | Path | None = None, label_na
         if start is not None and end is not None and end <= start:
             raise AnnotationError(f"{path}:{n}: end {end} is not after start {start}")
         parsed.append((n, row[0], labels_here, start, end))
+    if parsed and not any(p[2] for p in parsed):
+        raise AnnotationError(f"{path}:{parsed[0][0]}: no row has a label (the label column is empty in all "
+                              f"{len(parsed)} rows); give each clip its label (several joined by ';')")
     names = list(label_names) if label_names is not None else sorted({l for p in parsed for l in p[2]})
     index = {name: i for i, name in enumerate(names)}
     records, missing = [], []
@@ -339,7 +391,7 @@ def read_csv(csv_path: str | Path, video_dir: str | Path | None = None, label_na
             missing.append(file)
     if multi_label is None:
         multi_label = any(len(p[2]) != 1 for p in parsed)
-    return Annotations(records, names, multi_label, None, str(path), missing)
+    return Annotations(records, names, multi_label, None, str(path), missing, _repeats(parsed))
 
 
 def _read_multihead_csv(path: Path, header: list[str], label_cols: list[int], rows: list[tuple[int, list[str]]],
@@ -368,7 +420,7 @@ def _read_multihead_csv(path: Path, header: list[str], label_cols: list[int], ro
         total += len(values[h])
     index = {h: {v: offsets[h] + k for k, v in enumerate(values[h])} for h in heads}
     base = Path(video_dir) if video_dir is not None else path.parent
-    records, missing = [], []
+    records, missing, parsed = [], [], []
     for n, row in rows:
         if len(row) != len(header):
             raise AnnotationError(f"{path}:{n}: {len(row)} fields, the header has {len(header)}")
@@ -383,23 +435,21 @@ def _read_multihead_csv(path: Path, header: list[str], label_cols: list[int], ro
         if start is not None and end is not None and end <= start:
             raise AnnotationError(f"{path}:{n}: end {end} is not after start {start}")
         file = row[0]
+        parsed.append((n, file, [str(x) for x in lab], start, end))
         full = file if os.path.isabs(file) else str(base / file)
         if os.path.exists(full):
             records.append(Record(full, tuple(lab), start, end, file))
         else:
             missing.append(file)
     names = [f"{h}:{v}" for h in heads for v in values[h]]
-    return Annotations(records, names, False, {h: len(values[h]) for h in heads}, str(path), missing)
+    return Annotations(records, names, False, {h: len(values[h]) for h in heads}, str(path), missing,
+                       _repeats(parsed))
 
 
 # ---------------------------------------------------------------------------------------------------- dispatch
 def detect_format(path: str | Path) -> str:
     """Guess the format of an annotation file from its first lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(f"{path}: no such annotation file")
-    with open(path, encoding="utf-8-sig") as f:
-        head = [line.strip() for _, line in zip(range(5), f)]
+    head = [line.strip() for line in read_text(path).splitlines()[:5]]
     first = head[0] if head else ""
     if first.startswith("#") and any("YTID" in line for line in head):
         return "audioset"
@@ -431,7 +481,7 @@ def read_annotations(path: str | Path, format: str = "auto", video_dir: str | Pa
     names = None
     if fmt in ("vggsound", "kinetics", "csv") and labels is not None:
         if isinstance(labels, (str, Path)):
-            names = [l.strip() for l in Path(labels).read_text().splitlines() if l.strip()]
+            names = [l.strip() for l in read_text(labels, "label list").splitlines() if l.strip()]
         else:
             names = list(labels)
     if fmt == "audioset":

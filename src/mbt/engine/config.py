@@ -270,8 +270,13 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown section(s) {unknown}; known: {_section_names()}")
         try:
+            for name in ("model", "data"):
+                if d.get(name) is not None and not isinstance(d[name], Mapping):
+                    raise ConfigError(f"{name}: expected a mapping of fields, got {d[name]!r}")
             model = dict(d.get("model") or {})
             data = dict(d.get("data") or {})
+            _check_types(model, MBTConfig, "model")
+            _check_types(data, DataConfig, "data")
             ds = d.get("dataset") or {}
             _check_keys(ds, DatasetConfig, "dataset")
             dataset = DatasetConfig(**{k: _build(SplitConfig, v, f"dataset.{k}") if v is not None else None
@@ -293,6 +298,11 @@ class RunConfig:
             raise ConfigError(f"{path}: no such config file (see configs/ for examples)") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections {_section_names()}, got "
+                              f"{type(d).__name__} {d!r:.60}")
         d = apply_overrides(d, parse_overrides(overrides))
         return cls.from_dict(d, source=str(path))
 
@@ -369,6 +379,31 @@ def _build(cls: type, d: Any, where: str):
         raise ConfigError(f"{where}: {e}") from None
 
 
+# Nested config dataclasses inside the `data` section, by field name.
+_NESTED = {"front_end": "FrontEndConfig", "augment": "AugmentConfig"}
+
+
+def _check_types(d: dict[str, Any], cls: type, where: str) -> None:
+    """Check the values of a `model` or `data` section against the field types of `cls` (and of the nested
+    front_end and augment configs) before anything is built, so an error names the dotted field
+    (`data.front_end.mean = 'abc': expected a finite number`). Numbers written as strings (5e-4) are converted;
+    unknown keys are left to the config's own check, which lists the known ones."""
+    from ..data.audio import FrontEndConfig
+    from ..data.config import AugmentConfig
+
+    nested = {"FrontEndConfig": FrontEndConfig, "AugmentConfig": AugmentConfig}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in list(d.items()):
+        if key not in fields or value is None:
+            continue
+        if key in _NESTED and isinstance(value, Mapping):
+            sub = dict(value)
+            _check_types(sub, nested[_NESTED[key]], f"{where}.{key}")
+            d[key] = sub
+        elif not (key in AUTO_STATS_KEYS and value == "auto"):
+            d[key] = _typed(value, str(fields[key].type), f"{where}.{key}")
+
+
 def _typed(value: Any, annotation: str, where: str) -> Any:
     """Check (and normalise) a config value against its field annotation, naming the field on error."""
     base = annotation.replace(" ", "")
@@ -396,6 +431,11 @@ def _typed(value: Any, annotation: str, where: str) -> Any:
     elif base == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{where} = {value!r}: expected a string")
+    elif base.startswith("tuple[int,int") and not (isinstance(value, int) and not isinstance(value, bool)):
+        n = base.count("int")  # a single integer stands for a square (image_size: 224)
+        if (not isinstance(value, (list, tuple)) or len(value) != n
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{where} = {value!r}: expected a list of {n} integers")
     elif base.startswith("tuple[float"):
         n = base.count("float")
         if (not isinstance(value, (list, tuple)) or len(value) != n
