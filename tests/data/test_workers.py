@@ -60,3 +60,49 @@ def test_workers_do_not_deadlock_on_ffmpeg_garbage_from_the_parent(tmp_path):
     code, out, err = run(tmp_path, plain=False, timeout=120)
     assert code == 0, err[-2000:]
     assert out.strip() == "ok [1, 1]"
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    """A process with two DataLoader workers busy on slow clips is killed with SIGKILL: the workers are gone within
+    seconds (the kernel kills them with their parent), not left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from mbt.data import datasets\n"
+        "from mbt.data.annotations import Annotations, Record\n"
+        "from mbt.data.config import DataConfig\n"
+        "datasets.VideoDataset.load = lambda self, i: time.sleep(300)\n"
+        "ann = Annotations([Record(f'/nonexistent/{i}.mp4', (0,)) for i in range(8)], ['a'], False)\n"
+        "data = datasets.VideoDataset(ann, DataConfig(), split='val')\n"
+        "it = iter(datasets.make_loader(data, 1, num_workers=2))\n"
+        "print('ready', flush=True)\n"
+        "next(it)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 30
+    children: list[int] = []
+    while len(children) < 2 and time.monotonic() < deadline:
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+        time.sleep(0.1)
+    assert len(children) == 2, children
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split()[2] != "Z"  # a zombie has exited
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(c) for c in children)

@@ -17,7 +17,11 @@ on_error='raise' (the default for val/test) the MediaError, naming the file and 
 from __future__ import annotations
 
 import collections
+import ctypes
 import gc
+import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -276,6 +280,22 @@ def collate(samples: Sequence[dict[str, Any] | Skipped]) -> dict[str, Any]:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers run in parallel already; one thread each avoids oversubscription
+    exit_with_parent()
+
+
+def exit_with_parent() -> None:
+    """Linux: have the kernel kill this process (a DataLoader worker) when its parent dies. A training run killed
+    with SIGKILL cannot stop its workers itself, and a worker busy decoding never reaches PyTorch's own check of the
+    parent, so it would live on holding memory and files."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the line above ran
+        os._exit(1)
 
 
 class FFmpegSafeLoader(DataLoader):
