@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-# Bottom to top, as README's Layout section lists them. The package's face (mbt/__init__.py: the model's public names
+# Bottom to top, as README's Layout section lists them (errors and progress are the ground floor). The package's face (mbt/__init__.py: the model's public names
 # and __version__) stands on models; `python -m mbt` (__main__) on the CLI.
-LAYERS = ["errors", "models", "__init__", "data", "weights", "engine", "analysis", "avdigits", "cli", "__main__"]
+LAYERS = ["errors", "progress", "models", "__init__", "data", "weights", "engine", "analysis", "avdigits", "cli", "__main__"]
 
 
 def module_name(path: Path) -> str:

@@ -284,7 +284,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
             "Modes: 'same' (the spoken digit is the shown one; 10 classes) and 'pair' (the two may differ; heads "
             "shown, spoken and match, with a match in --match-rate of the clips).\n\n"
             "Each difficulty knob is the maximum strength of one degradation; every clip draws its own strength "
-            "between 0 and the knob. Needs the demo extra: pip install \"mbt-torch[demo]\"."),
+            "between 0 and the knob. Needs the demo extra: pip install -e \".[demo]\" in a clone."),
         epilog=("examples:\n"
                 "  mbt data avdigits avdigits/\n"
                 "  mbt data avdigits avdigits-pair/ --mode pair --train-clips 4000\n"
@@ -517,7 +517,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
             "'spectrogram' (B, 1, time, mel), a standardised log-mel spectrogram (the model's "
             "preprocessor_config.json front end); output 'logits' (B, num_classes), raw scores. The command prints "
             "the exact shapes and preprocessing.\n\n"
-            "Needs the export extra: pip install \"mbt-torch[export]\" (onnx, onnxscript); --check also needs "
+            "Needs the export extra: pip install -e \".[export]\" in a clone (onnx, onnxscript); --check also needs "
             "onnxruntime."),
         epilog=(
             "examples:\n"

@@ -122,3 +122,18 @@ def test_predict_finds_every_media_file_and_goes_on_past_bad_paths(model_dir, tm
     data = json.loads((tmp_path / "p.json").read_text())
     assert {d["source"].rsplit("/", 1)[1]: d["streams"] for d in data} == {"cam.ts": ["audio", "video"],
                                                                          "talk.wav": ["audio"]}
+
+
+def test_predict_and_explain_agree_on_one_clip(model_dir, videos, tmp_path):
+    """`mbt predict` (one clip) and `mbt explain` score the same window, the middle one, so they give the same
+    scores; the table's first column is 'file' (audio files too); explain prints no matplotlib warning."""
+    p = run_cli("predict", str(model_dir), str(videos["a"]), "--top-k", "1", "--output", "p.json", "--quiet",
+                cwd=tmp_path)
+    e = run_cli("explain", str(model_dir), str(videos["a"]), "--out", "ex", "--top-k", "1", cwd=tmp_path)
+    assert p.returncode == 0 and e.returncode == 0, p.stderr + e.stderr
+    assert p.stdout.splitlines()[0].startswith("file ")
+    predicted = json.loads((tmp_path / "p.json").read_text())[0]["top"][0]
+    explained = json.loads((tmp_path / "ex" / "explain.json").read_text())["top"][0]
+    assert predicted["label"] == explained["label"]
+    assert predicted["score"] == pytest.approx(explained["score"], abs=1e-5)
+    assert "Clipping" not in e.stderr and "Warning" not in e.stderr

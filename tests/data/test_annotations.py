@@ -209,3 +209,11 @@ def test_annotation_content_is_checked(tmp_path):
     summary = ann.summary()
     assert "2 duplicate row(s)" in summary and "(e.g. a.mp4 at lines 2 and 4)" in summary
     assert "1 row(s) give a clip already listed other labels (e.g. b.mp4 at lines 3 and 6)" in summary
+
+
+def test_a_multi_head_summary_counts_heads_not_classes(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "b.mp4").write_bytes(b"x")
+    path = tmp_path / "pair.csv"
+    path.write_text("path,shown,spoken,match\na.mp4,1,2,0\nb.mp4,3,3,1\n")
+    assert read_annotations(path).summary().endswith("pair.csv: 2 clips, 3 heads (shown 2, spoken 2, match 2 classes)")

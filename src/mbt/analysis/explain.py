@@ -53,7 +53,7 @@ def _overlay(image: np.ndarray, heat: np.ndarray, scale: tuple[int, int], alpha:
     from matplotlib import colormaps
 
     colour = colormaps["jet"](heat)[..., :3]
-    blend = (1 - alpha) * image + alpha * colour
+    blend = np.clip((1 - alpha) * image + alpha * colour, 0.0, 1.0)  # imshow warns about (and clips) anything else
     return np.repeat(np.repeat(blend, scale[0], axis=0), scale[1], axis=1)
 
 

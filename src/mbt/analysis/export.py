@@ -19,7 +19,7 @@ Only the modalities chosen at export time are inputs; a fusion model exported wi
 `MBT.forward` does with the other left out.
 
 Exporter: torch.onnx.export with dynamo=True (torch.export, then ONNX Script), which needs the `onnx` and
-`onnxscript` packages (`pip install "mbt-torch[export]"`). The older TorchScript exporter (dynamo=False) also needs
+`onnxscript` packages (`pip install -e ".[export]" in a clone`). The older TorchScript exporter (dynamo=False) also needs
 `onnx`, and its tracer cannot run MBT's forward (it turns tensor sizes into tensors, and the batch-size check of
 `MBT.forward` then fails), so it is not used.
 """
@@ -141,7 +141,7 @@ def export_onnx(model_dir_or_model: str | Path | MBT, path: str | Path, modaliti
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise DependencyError(f"ONNX export needs the onnx and onnxscript packages ({e}); install them with "
-                          "pip install \"mbt-torch[export]\"") from None
+                          "pip install -e \".[export]\" in a clone") from None
 
     was_training = model.training
     wrapper = LogitsModel(model, present).eval()

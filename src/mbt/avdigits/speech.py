@@ -1,6 +1,6 @@
 """Spoken words from eSpeak NG, through the library and voices that the `espeakng-loader` wheel ships.
 
-No system package and no download: `pip install "mbt-torch[demo]"` brings the shared library and its data. The
+No system package and no download: `pip install -e ".[demo]" in a clone` brings the shared library and its data. The
 synthesiser is a process-wide C library, so `Speaker` is one object per process (`speaker()`).
 """
 
@@ -30,7 +30,7 @@ def _loader():
         import espeakng_loader
     except ImportError:
         raise SpeechError("spoken digits need eSpeak NG from the espeakng-loader package: "
-                          'pip install "mbt-torch[demo]" (or pip install espeakng-loader)') from None
+                          'pip install -e ".[demo]" in a clone (or pip install espeakng-loader)') from None
     return espeakng_loader
 
 

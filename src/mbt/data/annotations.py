@@ -83,7 +83,11 @@ class Annotations:
         return v
 
     def summary(self) -> str:
-        text = f"{self.source}: {len(self.records)} clips, {self.num_classes} classes"
+        if self.heads:
+            heads = ", ".join(f"{h} {n}" for h, n in self.heads.items())
+            text = f"{self.source}: {len(self.records)} clips, {len(self.heads)} heads ({heads} classes)"
+        else:
+            text = f"{self.source}: {len(self.records)} clips, {self.num_classes} classes"
         if self.missing_files:
             text += (f"; {len(self.missing_files)} annotated clips have no file and are left out "
                      f"(e.g. {', '.join(self.missing_files[:3])})")

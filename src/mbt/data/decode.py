@@ -247,7 +247,6 @@ class MediaReader:
 
     def _decode_run(self, times: np.ndarray, run: list[int], out: list, size: tuple[int, int] | None) -> None:
         vs = self._video
-        tb = vs.time_base
         first = times[run[0]]
         # Seek to the keyframe at or before the first time; if the demuxer overshoots, retry from further back.
         for back in (0.0, 10.0, math.inf):

@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from ..errors import InputError
+from ..progress import progress_bar
 from .annotations import Annotations
 from .config import DataConfig
 from .datasets import SkipReport, VideoDataset, make_loader
@@ -42,7 +42,7 @@ def compute_stats(annotations: Annotations, config: DataConfig, max_clips: int |
     count = clips = 0
     report = SkipReport()
     loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers)
-    for batch in tqdm(loader, desc="spectrogram statistics", unit="batch", disable=not progress):
+    for batch in progress_bar(loader, desc="spectrogram statistics", unit="batch", disable=not progress):
         report.update(batch)
         if not batch["size"]:
             continue

@@ -27,6 +27,7 @@ from ..data.annotations import Annotations
 from ..data.config import DataConfig
 from ..data.datasets import SkipReport, VideoDataset, make_loader
 from ..errors import InputError
+from ..progress import progress_bar
 from ..models.config import MODALITIES
 from ..models.mbt import MBT
 from . import distributed
@@ -123,7 +124,7 @@ def scored_batches(model: MBT, dataset: VideoDataset, device: torch.device,
                          shuffle=False)
     try:
         with torch.no_grad():
-            for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            for batch in progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False):
                 if report is not None:
                     report.update(batch)
                 if batch["size"] == 0:

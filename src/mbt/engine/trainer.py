@@ -50,6 +50,7 @@ from ..data.datasets import SkipReport, VideoDataset, make_loader
 from ..data.stats import compute_stats
 from ..data.transforms import mixup
 from ..errors import CheckpointError, ConfigError, NonFiniteError
+from ..progress import progress_bar
 from ..models.mbt import MBT
 from ..weights.vit import init_from_vit
 from . import distributed
@@ -62,7 +63,8 @@ from .optim import make_optimizer, make_scheduler
 
 MODEL_DIR = "model"
 EVAL_DIR = "eval"
-SKIPPED_TRAIN = "skipped_train.csv"  # epoch, path, reason of every training clip that could not be read
+SKIPPED_TRAIN = "skipped_train.csv"
+ESTIMATE_AFTER = 5  # steps timed for the run's time estimate (the first ones include starting the loader)  # epoch, path, reason of every training clip that could not be read
 # Sections whose change makes a checkpoint a different run (train.* may change on resume: workers, logging, ...).
 _RUN_SECTIONS = ("model", "data", "dataset", "init", "optim")
 
@@ -398,10 +400,11 @@ class Trainer:
         dataset = VideoDataset(self.train_ann, self.data_config, split="train", seed=tc.seed, cache=self.cache)
         self.logger = RunLogger(self.out, info.is_main, tc.tensorboard, self.step, self.step // self.steps_per_epoch)
         skips = SkipReport()
-        bar = tqdm(total=self.total, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+        bar = progress_bar(total=self.total, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (tc.progress and info.is_main))
         window_clips, window_start, last_loss = 0, time.perf_counter(), float("nan")
         n = len(self.train_ann.records)
+        first_step, t_first = self.step, time.perf_counter()
         while self.step < self.total:
             epoch, start = divmod(self.step, self.steps_per_epoch)
             dataset.set_epoch(epoch)
@@ -422,6 +425,11 @@ class Trainer:
                     self.scheduler.step()
                 self.step += 1
                 bar.update(1)
+                if self.step == first_step + ESTIMATE_AFTER and info.is_main and self.step < self.total:
+                    per_step = (time.perf_counter() - t_first) / ESTIMATE_AFTER
+                    tqdm.write(f"after {ESTIMATE_AFTER} steps: {per_step:.2f} s a step, so about "
+                               f"{per_step * (self.total - self.step) / 60:.1f} min for the {self.total - self.step} "
+                               "steps left (without evaluation; fewer: --optim.max_steps or --optim.epochs)")
                 window_clips += stats["clips"]
                 if stats["clips"]:
                     last_loss = stats["loss"]
