@@ -303,3 +303,39 @@ def test_non_finite_samples_are_refused_by_name(tmp_path):
     data = DataConfig(modalities=("spectrogram",), spec_frames=100)
     sample = VideoDataset(ann, data, split="val", on_error="skip")[0]
     assert isinstance(sample, Skipped) and "non-finite audio samples" in sample.reason
+
+
+@pytest.mark.parametrize("degrees, hflip", [(90, False), (180, False), (270, False), (0, True), (90, True)])
+def test_phone_videos_are_upright(degrees, hflip, tmp_path):
+    """A display matrix (rotation counter-clockwise, then a mirror) is applied: the decoded frames equal the coded
+    frames turned with numpy (np.rot90, then a left-right flip), sizes swap for quarter turns, and a block that
+    moves right in the coded frames moves along the turned axis."""
+    def moving(i, t, size):
+        h, w = size
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:12, :16] = (255, 0, 0)  # a red corner, top left
+        img[20:32, 4 * i:4 * i + 12] = (0, 0, 255)  # a blue block moving right, 4 px a frame
+        return img
+
+    def shown(img):  # the display transform, by its definition
+        out = np.rot90(img, degrees // 90)
+        return out[:, ::-1] if hflip else out
+
+    path = write_media(tmp_path / "phone.mp4", duration=0.4, size=(48, 64), frame_fn=moving, audio=False,
+                       video_codec="libx264", pix_fmt="yuv444p", display_rotation=(degrees, hflip))
+    with MediaReader(path) as r:
+        quarter = degrees % 180 == 90
+        assert (r.info.video.height, r.info.video.width) == ((64, 48) if quarter else (48, 64))
+        frames = r.frames([(i + 0.5) / 25 for i in range(6)])
+        half = r.frames([0.02], size=(32, 24) if quarter else (24, 32))  # a resize is in display orientation
+    for i, got in enumerate(frames):
+        want = shown(moving(i, 0.0, (48, 64)))
+        assert got.shape == want.shape
+        assert np.abs(got.astype(int) - want).mean() < 6  # lossy H.264
+    assert half.shape[1:3] == ((32, 24) if quarter else (24, 32))
+    blue = [np.argwhere(f[..., 2] > 128).mean(0) for f in frames]  # (y, x) centroids over time
+    moved = blue[-1] - blue[0]
+    expected = shown(np.arange(64)[None, :, None].repeat(48, 0)).squeeze(-1)  # coded x in display coordinates
+    axis = 0 if quarter else 1
+    sign = np.sign(np.diff(expected, axis=axis).mean())
+    assert abs(moved[axis]) > 15 and np.sign(moved[axis]) == sign and abs(moved[1 - axis]) < 2

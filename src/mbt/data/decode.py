@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -55,6 +56,37 @@ class MediaInfo:
     duration: float  # seconds: the longest stream
     video: VideoInfo | None
     audio: AudioInfo | None
+
+
+_ORIENTATION: dict[tuple, str | None] = {}  # per (path, size, mtime): see MediaReader._orientation
+
+
+def orientation(matrix: Sequence[int], rotation: float) -> str | None:
+    """The turn that shows a frame upright, as FFmpeg's autorotate chooses it from a display matrix (`matrix`, 9
+    integers) and its counter-clockwise `rotation` in degrees: None, 'clock', 'cclock', 'clock_flip',
+    'cclock_flip', 'hflip', 'vflip' or 'hvflip' (a half turn). Angles that are not a multiple of 90 are ignored."""
+    theta = -rotation
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)  # FFmpeg's get_rotation: in [0, 360)
+    if abs(theta - 90) < 1:
+        return "cclock_flip" if matrix[3] > 0 else "clock"
+    if abs(theta - 180) < 1:
+        h, v = matrix[0] < 0, matrix[4] < 0
+        return "hvflip" if h and v else ("hflip" if h else ("vflip" if v else None))
+    if abs(theta - 270) < 1:
+        return "clock_flip" if matrix[3] < 0 else "cclock"
+    if abs(theta) < 1 and matrix[4] < 0:
+        return "vflip"
+    return None
+
+
+def upright(image: np.ndarray, turn: str | None) -> np.ndarray:
+    """Apply `orientation`'s turn to an (H, W, C) image (FFmpeg's transpose, hflip and vflip filters)."""
+    if turn is None:
+        return image
+    out = {"clock": lambda x: np.rot90(x, -1), "cclock": lambda x: np.rot90(x, 1),
+           "clock_flip": lambda x: np.rot90(x, -1)[::-1], "cclock_flip": lambda x: np.rot90(x, 1)[::-1],
+           "hflip": lambda x: x[:, ::-1], "vflip": lambda x: x[::-1], "hvflip": lambda x: x[::-1, ::-1]}[turn](image)
+    return np.ascontiguousarray(out)
 
 
 def main_stream(streams: Sequence) -> object | None:
@@ -102,6 +134,7 @@ class MediaReader:
         if os.path.getsize(self.path) == 0:
             raise MediaError(path, "empty file")
         self.threads = threads
+        self.orientation: str | None = None  # how decoded frames are turned upright (display matrix)
         self._open()
         try:
             if self._video is None and self._audio is None:
@@ -170,6 +203,9 @@ class MediaReader:
             fps = float(rate) if rate else 25.0
             start, duration = self._stream_span(vs)
             width, height = vs.codec_context.width, vs.codec_context.height
+            self.orientation = self._orientation(vs)
+            if self.orientation in ("clock", "cclock", "clock_flip", "cclock_flip"):
+                width, height = height, width  # the size as displayed
             if width <= 0 or height <= 0:
                 raise MediaError(self.path, "the video stream has no frame size (damaged header)")
             if duration is None and vs.frames:
@@ -188,6 +224,25 @@ class MediaReader:
             audio = AudioInfo(int(rate), channels, start, max(duration, 0.0))
         total = max((s.start + s.duration for s in (video, audio) if s is not None), default=0.0)
         return MediaInfo(self.path, total, video, audio)
+
+    def _orientation(self, stream) -> str | None:
+        """How to turn decoded frames upright, from the display matrix (phone videos): FFmpeg's own rule (its
+        autorotate), read off the first frame. Remembered per file (path, size, time), so a dataset that opens a
+        file for every sample decodes that frame once."""
+        st = os.stat(self.path)
+        key = (self.path, st.st_size, st.st_mtime_ns)
+        if key not in _ORIENTATION:
+            matrix = None
+            try:
+                frame = next(self.container.decode(stream), None)
+                data = None if frame is None else frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+                if data is not None:
+                    matrix = (struct.unpack("<9i", bytes(data)[:36]), float(frame.rotation))
+            except (av.error.FFmpegError, OSError, ValueError, StopIteration):
+                pass
+            self._rewind()
+            _ORIENTATION[key] = None if matrix is None else orientation(*matrix)
+        return _ORIENTATION[key]
 
     def _stream_end(self, stream, container_duration: float | None, fps: float | None = None) -> float:
         """End time of a stream whose length the container does not state (Matroska, WebM, MPEG-TS).
@@ -263,12 +318,15 @@ class MediaReader:
         vs = self._video
         fps = self.info.video.fps
         eps = 1e-6
+        turn = self.orientation
+        if size is not None and turn in ("clock", "cclock", "clock_flip", "cclock_flip"):
+            size = (size[1], size[0])  # the coded frame is resized, then turned upright
         kwargs = {} if size is None else dict(height=size[0], width=size[1], interpolation="BILINEAR")
         cache: list = [None, None]  # [frame, its RGB array]: each frame is converted at most once
 
         def rgb(frame) -> np.ndarray:
             if cache[0] is not frame:
-                cache[0], cache[1] = frame, frame.to_ndarray(format="rgb24", **kwargs)
+                cache[0], cache[1] = frame, upright(frame.to_ndarray(format="rgb24", **kwargs), turn)
             return cache[1]
 
         j, prev, prev_t, first = 0, None, None, True

@@ -55,7 +55,8 @@ def write_media(path: str | Path, *, duration: float = 2.0, fps: float = 25.0, s
                 video_codec: str = "libx264", pix_fmt: str = "yuv420p", audio_codec: str = "aac",
                 frame_fn: FrameFn = index_frame, audio_fn: AudioFn | None = None, gop: int | None = None,
                 video_options: dict[str, str] | None = None, video_start: float = 0.0,
-                audio_start: float = 0.0, audio_duration: float | None = None) -> Path:
+                audio_start: float = 0.0, audio_duration: float | None = None,
+                display_rotation: tuple[int, bool] | None = None) -> Path:
     """Write a media file with PyAV. The container comes from the file extension.
 
     Args:
@@ -67,6 +68,7 @@ def write_media(path: str | Path, *, duration: float = 2.0, fps: float = 25.0, s
       gop: keyframe interval in frames (the encoder's default if None).
       video_start, audio_start: seconds at which each stream's timestamps start (streams that start apart).
       audio_duration: seconds of audio, if not `duration` (streams of different lengths).
+      display_rotation: (degrees counter-clockwise, hflip): a display matrix, as a phone writes one (MP4/MOV).
     """
     path = Path(path)
     audio_fn = audio_fn or tone_schedule([440.0])
@@ -79,6 +81,8 @@ def write_media(path: str | Path, *, duration: float = 2.0, fps: float = 25.0, s
             vs.pix_fmt = pix_fmt
             if gop is not None:
                 vs.codec_context.gop_size = gop
+            if display_rotation is not None:
+                vs.set_display_rotation(display_rotation[0], hflip=display_rotation[1])
         if audio:
             as_ = container.add_stream(audio_codec, rate=sample_rate, layout=layout)
         if vs is not None:
