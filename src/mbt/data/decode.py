@@ -204,6 +204,7 @@ class MediaReader:
             start, duration = self._stream_span(vs)
             width, height = vs.codec_context.width, vs.codec_context.height
             self.orientation = self._orientation(vs)
+            vs = self._video  # the file may have been reopened: the stream object is a new one
             if self.orientation in ("clock", "cclock", "clock_flip", "cclock_flip"):
                 width, height = height, width  # the size as displayed
             if width <= 0 or height <= 0:
