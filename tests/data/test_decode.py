@@ -339,3 +339,23 @@ def test_phone_videos_are_upright(degrees, hflip, tmp_path):
     axis = 0 if quarter else 1
     sign = np.sign(np.diff(expected, axis=axis).mean())
     assert abs(moved[axis]) > 15 and np.sign(moved[axis]) == sign and abs(moved[1 - axis]) < 2
+
+
+@pytest.mark.parametrize("audio_lead", [0.0, 0.5])
+def test_mpegts_timestamps_that_wrap_and_start_negative(audio_lead, tmp_path):
+    """MPEG-TS timestamps wrap at 2^33 / 90 kHz (about 26.5 h): streams that start 1 s before the wrap (FFmpeg then
+    gives them negative start times), the audio possibly earlier than the video. Each second's tone and each frame
+    are where the streams' own timestamps put them (an earlier reader returned frame 32 at 0.5 s here)."""
+    wrap = 2**33 / 90000
+    path = write_media(tmp_path / "wrap.ts", duration=3.0, audio_fn=tone_schedule(FREQS[:3]),
+                       video_start=wrap - 1.0, audio_start=wrap - 1.0 - audio_lead)
+    with av.open(str(path)) as c:
+        assert min(s.start_time for s in c.streams) < 0  # what the demuxer makes of the wrap
+    with MediaReader(path) as r:
+        v, a = r.info.video, r.info.audio
+        assert v.start - a.start == pytest.approx(audio_lead, abs=0.1)
+        idx = [2, 12, 37, 60]
+        assert [frame_index(f) for f in r.frames([v.start + (i + 0.5) / 25 for i in idx])] == idx
+        for second in range(3):
+            wave = r.audio(a.start + second + 0.1, a.start + second + 0.9)
+            assert dominant_frequency(wave, 16000) == pytest.approx(FREQS[second], rel=0.03)
