@@ -89,9 +89,13 @@ def test_explain_writes_overlays_of_the_right_size(model_dir, videos, tmp_path):
     summary = explain_video(model, videos["a"], dc, tmp_path / "lib", k=2)
     H, W = model.config.image_size
     s = -(-384 // W)
-    assert png_size(tmp_path / "lib" / "frame.png") == (W * s, H * s)
+    from mbt.analysis.explain import MARGIN_BOTTOM, MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP
+
+    mx, my = MARGIN_LEFT + MARGIN_RIGHT, MARGIN_BOTTOM + MARGIN_TOP  # axes and a colour bar around the image
+    assert png_size(tmp_path / "lib" / "frame.png") == (W * s + mx, H * s + my)
     time_, mel = model.config.spectrogram_shape
-    assert png_size(tmp_path / "lib" / "spectrogram.png") == (time_ * -(-384 // time_), mel * -(-128 // mel))
+    assert png_size(tmp_path / "lib" / "spectrogram.png") == (time_ * -(-384 // time_) + mx,
+                                                              mel * -(-128 // mel) + my)
     t = model.config.token_grid("rgb")[0]
     assert png_size(tmp_path / "lib" / "tubelets.png")[0] == t * W * -(-192 // H)
     total = sum(summary["relevance"].values())

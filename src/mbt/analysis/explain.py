@@ -2,11 +2,13 @@
 
 Writes to the output folder:
   frame.png        the middle frame of the model's input window with the heat map of its tubelet overlaid and the
-                   top labels written on it; (H * s, W * s) pixels for the smallest integer s that makes it at
-                   least 384 px wide;
+                   top labels written on it, axes in input pixels and a colour bar of the relevance; the image
+                   itself is (H * s, W * s) pixels for the smallest integer s that makes it at least 384 px wide,
+                   inside margins of MARGIN_* pixels;
   tubelets.png     every tubelet's first frame with its heat map, side by side (rgb models);
-  spectrogram.png  the log-mel input (time across, frequency up) with its heat map; (mel * s_f, time * s_t) pixels
-                   with s_t, s_f the smallest integers giving at least 384 x 128;
+  spectrogram.png  the log-mel input (time across in seconds, mel bins up) with its heat map and a colour bar;
+                   the image is (mel * s_f, time * s_t) pixels with s_t, s_f the smallest integers giving at least
+                   384 x 128, inside the same margins;
   explain.json     the top labels, the streams used, the relevance of each stream and of the bottleneck tokens, and
                    the heat maps as nested lists.
 """
@@ -31,6 +33,11 @@ from .predict import top_k, unlabelled
 from .rollout import Rollout, attention_rollout
 
 
+# Pixels around the heat map of frame.png and spectrogram.png: axes with ticks on the left and bottom, a colour bar
+# of the relevance on the right. The heat map itself keeps its exact size inside.
+MARGIN_LEFT, MARGIN_BOTTOM, MARGIN_TOP, MARGIN_RIGHT = 56, 44, 22, 84
+
+
 def _figure(width: int, height: int):
     """A matplotlib Figure of exactly width x height pixels with one axes filling it (Agg, no display)."""
     from matplotlib.figure import Figure
@@ -39,6 +46,30 @@ def _figure(width: int, height: int):
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_axis_off()
     return fig, ax
+
+
+def _framed_figure(width: int, height: int):
+    """A Figure whose axes hold exactly width x height pixels, with margins for ticks, labels and a colour bar.
+    Returns (fig, ax, colour-bar axes)."""
+    from matplotlib.figure import Figure
+
+    W, H = width + MARGIN_LEFT + MARGIN_RIGHT, height + MARGIN_BOTTOM + MARGIN_TOP
+    fig = Figure(figsize=(W / 100, H / 100), dpi=100)
+    ax = fig.add_axes((MARGIN_LEFT / W, MARGIN_BOTTOM / H, width / W, height / H))
+    cax = fig.add_axes(((MARGIN_LEFT + width + 10) / W, MARGIN_BOTTOM / H, 12 / W, height / H))
+    return fig, ax, cax
+
+
+def _colour_bar(fig, cax, heat: torch.Tensor) -> None:
+    """The 'jet' scale of the overlay, labelled with the relevance values it spans."""
+    from matplotlib import cm, colors
+
+    lo, hi = float(heat.min()), float(heat.max())
+    mappable = cm.ScalarMappable(norm=colors.Normalize(lo, hi if hi > lo else lo + 1e-12), cmap="jet")
+    bar = fig.colorbar(mappable, cax=cax)
+    bar.set_label("relevance", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    bar.formatter.set_powerlimits((-2, 2))
 
 
 def _upsample(heat: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -68,12 +99,16 @@ def render_frame(frame: np.ndarray, heat: torch.Tensor, top: Sequence[tuple[str,
     H, W = frame.shape[:2]
     s = max(1, math.ceil(min_width / W))
     img = _overlay(frame, _upsample(heat, (H, W)), (s, s))
-    fig, ax = _figure(W * s, H * s)
-    ax.imshow(img, interpolation="nearest", aspect="auto")
+    fig, ax, cax = _framed_figure(W * s, H * s)
+    ax.imshow(img, interpolation="nearest", aspect="auto", extent=(0, W, H, 0))  # ticks in input pixels
+    ax.set_xlabel("x (pixels of the model input)", fontsize=8)
+    ax.set_ylabel("y (pixels)", fontsize=8)
+    ax.tick_params(labelsize=7)
     ax.text(0.02, 0.98, _label_text(top), transform=ax.transAxes, va="top", ha="left", fontsize=10, color="white",
             bbox=dict(facecolor="black", alpha=0.6, edgecolor="none"))
+    _colour_bar(fig, cax, heat)
     fig.savefig(path, dpi=100)
-    return H * s, W * s
+    return H * s + MARGIN_BOTTOM + MARGIN_TOP, W * s + MARGIN_LEFT + MARGIN_RIGHT
 
 
 def render_tubelets(frames: np.ndarray, heat: torch.Tensor, tubelet: int, path: Path, height: int = 192
@@ -93,20 +128,24 @@ def render_tubelets(frames: np.ndarray, heat: torch.Tensor, tubelet: int, path: 
     return row.shape[0], row.shape[1]
 
 
-def render_spectrogram(spec: np.ndarray, heat: torch.Tensor, path: Path, min_size: tuple[int, int] = (128, 384)
-                       ) -> tuple[int, int]:
-    """The (time, mel) spectrogram with the (time', mel') heat map, time across and low frequencies at the bottom.
-    Returns the image's (height, width)."""
+def render_spectrogram(spec: np.ndarray, heat: torch.Tensor, path: Path, min_size: tuple[int, int] = (128, 384),
+                       frames_per_second: float = 100.0) -> tuple[int, int]:
+    """The (time, mel) spectrogram with the (time', mel') heat map, time across (in seconds of the window) and low
+    frequencies at the bottom (mel bins), with a colour bar of the relevance. Returns the image's (height, width)."""
     time_, mel = spec.shape
     s_f, s_t = max(1, math.ceil(min_size[0] / mel)), max(1, math.ceil(min_size[1] / time_))
     grey = (spec - spec.min()) / max(float(spec.max() - spec.min()), 1e-9)
     image = np.repeat(grey.T[::-1, :, None], 3, axis=2)  # (mel, time, 3), high frequencies on top
     heat_up = _upsample(heat.T.flip(0), (mel, time_))
     img = _overlay(image, heat_up, (s_f, s_t), alpha=0.45)
-    fig, ax = _figure(time_ * s_t, mel * s_f)
-    ax.imshow(img, interpolation="nearest", aspect="auto")
+    fig, ax, cax = _framed_figure(time_ * s_t, mel * s_f)
+    ax.imshow(img, interpolation="nearest", aspect="auto", extent=(0, time_ / frames_per_second, 0, mel))
+    ax.set_xlabel("time in the window (s)", fontsize=8)
+    ax.set_ylabel("mel bin", fontsize=8)
+    ax.tick_params(labelsize=7)
+    _colour_bar(fig, cax, heat)
     fig.savefig(path, dpi=100)
-    return mel * s_f, time_ * s_t
+    return mel * s_f + MARGIN_BOTTOM + MARGIN_TOP, time_ * s_t + MARGIN_LEFT + MARGIN_RIGHT
 
 
 def load_clip(path: str | Path, data_config: DataConfig, model: MBT) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
@@ -119,7 +158,7 @@ def load_clip(path: str | Path, data_config: DataConfig, model: MBT) -> tuple[di
 
 
 def explain(model: MBT, inputs: dict[str, torch.Tensor], out_dir: str | Path, k: int = 3,
-            source: str = "") -> dict[str, Any]:
+            source: str = "", frames_per_second: float = 100.0) -> dict[str, Any]:
     """Attention rollout of one example (inputs {modality: (1, ...)}) and the heat-map PNGs in `out_dir`.
     Returns the summary written to explain.json (with the written files)."""
     out = Path(out_dir)
@@ -137,7 +176,8 @@ def explain(model: MBT, inputs: dict[str, torch.Tensor], out_dir: str | Path, k:
         files["tubelets.png"] = list(render_tubelets(frames, heat, tubelet, out / "tubelets.png"))
     if "spectrogram" in r.maps:
         spec = inputs["spectrogram"][0, 0].float().numpy()  # (time, mel)
-        files["spectrogram.png"] = list(render_spectrogram(spec, r.maps["spectrogram"][0], out / "spectrogram.png"))
+        files["spectrogram.png"] = list(render_spectrogram(spec, r.maps["spectrogram"][0], out / "spectrogram.png",
+                                                           frames_per_second=frames_per_second))
     relevance = {STREAM[m]: float(r.relevance[0, r.spans[m]].sum()) for m in r.maps}
     if r.bottleneck is not None:
         relevance["bottleneck"] = float(r.bottleneck[0].sum())
@@ -153,7 +193,7 @@ def explain_video(model: MBT, path: str | Path, data_config: DataConfig, out_dir
                   ) -> dict[str, Any]:
     """`explain` on the middle window of a video file."""
     inputs, _ = load_clip(path, data_config, model)
-    return explain(model, inputs, out_dir, k, source=str(path))
+    return explain(model, inputs, out_dir, k, source=str(path), frames_per_second=data_config.spec_rate)
 
 
 __all__ = ["explain", "explain_video", "load_clip", "render_frame", "render_spectrogram", "render_tubelets"]
