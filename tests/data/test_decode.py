@@ -359,3 +359,33 @@ def test_mpegts_timestamps_that_wrap_and_start_negative(audio_lead, tmp_path):
         for second in range(3):
             wave = r.audio(a.start + second + 0.1, a.start + second + 0.9)
             assert dominant_frequency(wave, 16000) == pytest.approx(FREQS[second], rel=0.03)
+
+
+def test_an_audio_track_shifted_earlier_is_read(tmp_path):
+    """Audio written 0.5 s before the video's time 0 (negative timestamps: the MP4 muxer keeps the file at 0 with an
+    edit list that drops the early part): the audio is read, each tone where the shifted track puts it."""
+    from fractions import Fraction
+
+    from mbt.data.synthetic import index_frame
+
+    path = tmp_path / "shifted.mp4"
+    with av.open(str(path), "w", options={"avoid_negative_ts": "disabled"}) as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        audio = c.add_stream("aac", rate=16000, layout="mono")
+        for i in range(75):
+            frame = av.VideoFrame.from_ndarray(index_frame(i, i / 25, (48, 64)), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            c.mux(vs.encode(frame))
+        c.mux(vs.encode())
+        x = tone_schedule(FREQS[:3])(np.arange(48000) / 16000).astype(np.float32)
+        for s in range(0, 48000, 4096):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[:, s:s + 4096]), format="fltp", layout="mono")
+            frame.sample_rate, frame.time_base, frame.pts = 16000, Fraction(1, 16000), s - 8000  # 0.5 s early
+            c.mux(audio.encode(frame))
+        c.mux(audio.encode())
+    with MediaReader(path) as r:
+        assert r.info.audio.duration == pytest.approx(2.5, abs=0.1)
+        for k, (t0, t1) in enumerate([(0.0, 0.4), (0.6, 1.4), (1.6, 2.4)]):  # source seconds 0.5-0.9, 1.1-1.9, ...
+            assert dominant_frequency(r.audio(t0, t1), 16000) == pytest.approx(FREQS[k], rel=0.03)
+        assert [frame_index(f) for f in r.frames([0.02, 1.02])] == [0, 25]
