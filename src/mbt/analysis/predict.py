@@ -195,5 +195,5 @@ def format_table(predictions: Sequence[Prediction], all_streams: Sequence[str]) 
     return "\n".join(lines)
 
 
-__all__ = ["Prediction", "predict_files", "predict_arrays", "find_videos", "find_media", "MEDIA_EXTENSIONS", "top_k", "scores", "write_predictions",
-           "format_table", "label_names", "VIDEO_EXTENSIONS"]
+__all__ = ["Prediction", "predict_files", "predict_arrays", "find_videos", "find_media", "MEDIA_EXTENSIONS", "top_k",
+           "scores", "write_predictions", "format_table", "label_names", "VIDEO_EXTENSIONS"]

@@ -193,7 +193,9 @@ def run_demo(out: str | Path = "mbt-demo", train_clips: int = 3000, test_clips: 
             shutil.rmtree(run_dir)
         if decode_seconds is None:  # once, before the first model that is trained in this invocation
             say("      decoding the clips into memory (once; the three models share them)")
-            decode_seconds = decode_into_memory(cfg, cache, progress)
+            both = avdigits_run_config(out / "data", run_dir, model=model, epochs=epochs, seed=seed,
+                                       spec_stats=stats)  # the fusion model's inputs: frames and audio
+            decode_seconds = decode_into_memory(both, cache, progress)
         rows[name] = {**train_and_evaluate(cfg, cache, progress=progress), "key": key}
         trained.append(name)
         row_file.write_text(json.dumps(rows[name], indent=2) + "\n")

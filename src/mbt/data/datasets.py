@@ -17,12 +17,14 @@ on_error='raise' (the default for val/test) the MediaError, naming the file and 
 from __future__ import annotations
 
 import collections
+import csv
 import ctypes
 import gc
 import os
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -331,6 +333,19 @@ def make_loader(dataset: VideoDataset, batch_size: int, num_workers: int = 0, sh
                             drop_last=train if drop_last is None else drop_last, sampler=sampler, **kwargs)
 
 
+def write_skipped(path: str | Path, skipped: Sequence[Skipped], extra: dict[str, Any] | None = None,
+                  append: bool = False) -> None:
+    """Every skipped sample as a CSV row: the columns of `extra` (e.g. the epoch), then path and reason. With
+    `append`, rows go after those already in the file (the header is written once)."""
+    path = Path(path)
+    new = not (append and path.exists() and path.stat().st_size)
+    with path.open("a" if append else "w", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow([*(extra or {}), "path", "reason"])
+        writer.writerows([*(extra or {}).values(), s.path, s.reason] for s in skipped)
+
+
 class SkipReport:
     """Counts skipped samples over an epoch: `update(batch)` for each batch, `summary()` at the end."""
 
@@ -344,22 +359,6 @@ class SkipReport:
     def update(self, batch: dict[str, Any]) -> None:
         self.seen += batch["size"] + len(batch["skipped"])
         self.skipped.extend(batch["skipped"])
-
-    def write_csv(self, path, extra: dict[str, Any] | None = None, append: bool = False,
-                  skipped: Sequence[Skipped] | None = None) -> None:
-        """Every skipped sample as a CSV row (path, reason, and the columns of `extra`, e.g. the epoch)."""
-        import csv
-        from pathlib import Path
-
-        path = Path(path)
-        rows = self.skipped if skipped is None else skipped
-        new = not (append and path.exists() and path.stat().st_size)
-        with path.open("a" if append else "w", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow([*(extra or {}), "path", "reason"])
-            for s in rows:
-                writer.writerow([*(extra or {}).values(), s.path, s.reason])
 
     def summary(self, max_files: int = 10) -> str:
         if not self.skipped:

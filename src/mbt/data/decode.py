@@ -59,6 +59,7 @@ class MediaInfo:
 
 
 _ORIENTATION: dict[tuple, str | None] = {}  # per (path, size, mtime): see MediaReader._orientation
+QUARTER_TURNS = ("clock", "cclock", "clock_flip", "cclock_flip")  # turns that swap a frame's height and width
 
 
 def orientation(matrix: Sequence[int], rotation: float) -> str | None:
@@ -145,14 +146,16 @@ class MediaReader:
             self.container.close()
             raise
 
-    def _open(self) -> None:
-        """Open the container and pick its main video and audio streams (`main_stream`)."""
+    def _open(self, video: int | None = None, audio: int | None = None) -> None:
+        """Open the container and pick the streams with these indices, by default its main video and audio
+        streams (`main_stream`)."""
         try:
             self.container = av.open(self.path, metadata_errors="ignore")
         except (av.error.FFmpegError, OSError) as e:
             raise MediaError(self.path, f"not a media file FFmpeg can read ({_reason(e)})") from None
-        self._video = main_stream(self.container.streams.video)
-        self._audio = main_stream(self.container.streams.audio)
+        by_index = {s.index: s for s in self.container.streams}
+        self._video = by_index[video] if video is not None else main_stream(self.container.streams.video)
+        self._audio = by_index[audio] if audio is not None else main_stream(self.container.streams.audio)
         if self._video is not None:
             self._video.thread_type = "AUTO"
             self._video.thread_count = self.threads
@@ -162,7 +165,7 @@ class MediaReader:
         A time at or before the stream's first packet, or a seek the demuxer refuses (MP3, AVI, FLV and raw AAC
         refuse times before their first packet; some files cannot seek at all), reopens the file so decoding starts
         from its very first packet, priming samples included. Returns True when decoding starts from the start."""
-        start = float(stream.start_time * stream.time_base) - self.t0 if stream.start_time is not None else 0.0
+        start = self._stream_span(stream)[0]
         if t > start:
             try:
                 self.container.seek(int(math.floor((t + self.t0) / stream.time_base)), stream=stream,
@@ -178,14 +181,7 @@ class MediaReader:
         video = None if self._video is None else self._video.index
         audio = None if self._audio is None else self._audio.index
         self.container.close()
-        self._open()
-        # The same streams as before (indices are stable across opens of one file).
-        if video is not None:
-            self._video = next(s for s in self.container.streams if s.index == video)
-            self._video.thread_type = "AUTO"
-            self._video.thread_count = self.threads
-        if audio is not None:
-            self._audio = next(s for s in self.container.streams if s.index == audio)
+        self._open(video, audio)  # the same streams (indices are stable across opens of one file)
 
     # ------------------------------------------------------------------ info
     def _stream_span(self, stream) -> tuple[float, float | None]:
@@ -204,14 +200,13 @@ class MediaReader:
             start, duration = self._stream_span(vs)
             width, height = vs.codec_context.width, vs.codec_context.height
             self.orientation = self._orientation(vs)
-            vs = self._video  # the file may have been reopened: the stream object is a new one
-            if self.orientation in ("clock", "cclock", "clock_flip", "cclock_flip"):
+            if self.orientation in QUARTER_TURNS:
                 width, height = height, width  # the size as displayed
             if width <= 0 or height <= 0:
                 raise MediaError(self.path, "the video stream has no frame size (damaged header)")
             if duration is None and vs.frames:
                 duration = vs.frames / fps
-            if duration is None:  # reads the stream's last packets, then reopens the file
+            if duration is None:  # reads the stream's last packets
                 duration = self._stream_end(vs, container_duration, fps) - start
             video = VideoInfo(fps, width, height, start, max(duration, 0.0))
         if self._audio is not None:
@@ -229,7 +224,7 @@ class MediaReader:
     def _orientation(self, stream) -> str | None:
         """How to turn decoded frames upright, from the display matrix (phone videos): FFmpeg's own rule (its
         autorotate), read off the first frame. Remembered per file (path, size, time), so a dataset that opens a
-        file for every sample decodes that frame once."""
+        file for every sample decodes that frame once. The demuxer is left after that frame: reads seek first."""
         st = os.stat(self.path)
         key = (self.path, st.st_size, st.st_mtime_ns)
         if key not in _ORIENTATION:
@@ -241,7 +236,6 @@ class MediaReader:
                     matrix = (struct.unpack("<9i", bytes(data)[:36]), float(frame.rotation))
             except (av.error.FFmpegError, OSError, ValueError, StopIteration):
                 pass
-            self._rewind()
             _ORIENTATION[key] = None if matrix is None else orientation(*matrix)
         return _ORIENTATION[key]
 
@@ -257,6 +251,10 @@ class MediaReader:
         try:
             if container_duration is not None and container_duration > 5.0:
                 self.container.seek(int((container_duration - 5.0 + self.t0) / stream.time_base), stream=stream)
+            else:  # a short file is read whole, from its first packet (an earlier probe step may have read on)
+                index = stream.index
+                self._rewind()
+                stream = next(s for s in (self._video, self._audio) if s is not None and s.index == index)
             for packet in self.container.demux(stream):
                 if packet.pts is not None:
                     t = float((packet.pts + (packet.duration or 0)) * packet.time_base) - self.t0
@@ -267,7 +265,7 @@ class MediaReader:
             pass
         if end is None and untimed and fps and not (container_duration and container_duration > 5.0):
             end = untimed / fps  # a raw stream without timestamps, read whole: its frames at the frame rate
-        self._rewind()
+        # The demuxer is left where it stopped: every read puts it where it needs it (`_seek`).
         if end is None:
             return container_duration if container_duration is not None else 0.0
         if container_duration is not None and end < container_duration - STREAM_LENGTH_SLACK:
@@ -320,7 +318,7 @@ class MediaReader:
         fps = self.info.video.fps
         eps = 1e-6
         turn = self.orientation
-        if size is not None and turn in ("clock", "cclock", "clock_flip", "cclock_flip"):
+        if size is not None and turn in QUARTER_TURNS:
             size = (size[1], size[0])  # the coded frame is resized, then turned upright
         kwargs = {} if size is None else dict(height=size[0], width=size[1], interpolation="BILINEAR")
         cache: list = [None, None]  # [frame, its RGB array]: each frame is converted at most once

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..data.annotations import Annotations
 from ..data.config import DataConfig
-from ..data.datasets import SkipReport, VideoDataset, make_loader
+from ..data.datasets import SkipReport, VideoDataset, make_loader, write_skipped
 from ..errors import InputError
 from ..progress import progress_bar
 from ..models.config import MODALITIES
@@ -185,10 +185,7 @@ def write_results(out_dir: str | Path, summary: dict[str, Any], rows: list[dict[
     summary = dict(summary)
     skipped = summary.pop("skipped_files", None)
     if skipped is not None:
-        with (out_dir / SKIPPED_NAME).open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "reason"])
-            writer.writerows([s.path, s.reason] for s in skipped)
+        write_skipped(out_dir / SKIPPED_NAME, skipped)
     metrics_path = out_dir / METRICS_NAME
     metrics_path.write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
     per_class = out_dir / PER_CLASS_NAME

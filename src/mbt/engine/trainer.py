@@ -46,7 +46,7 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 from ..data.annotations import Annotations
-from ..data.datasets import SkipReport, VideoDataset, make_loader
+from ..data.datasets import SkipReport, VideoDataset, make_loader, write_skipped
 from ..data.stats import compute_stats
 from ..data.transforms import mixup
 from ..errors import CheckpointError, ConfigError, NonFiniteError
@@ -55,7 +55,7 @@ from ..models.mbt import MBT
 from ..weights.vit import init_from_vit
 from . import distributed
 from .checkpoint import (CHECKPOINT_DIR, intact_checkpoints, latest_checkpoint, list_checkpoints, load_checkpoint,
-                         remove_partial_files, rng_state, save_checkpoint, set_rng_state, verified_bytes)
+                         remove_partial_files, rng_state, save_checkpoint, set_rng_state)
 from .config import RunConfig, task_of
 from .evaluate import evaluate_dataset, write_results
 from .losses import mbt_loss
@@ -234,9 +234,10 @@ class Trainer:
         and schedule, and restore the newest checkpoint with --resume. Errors that depend only on the config and
         the annotations come before anything is built."""
         cfg, info = self.cfg, self.info
-        ckpt_path = latest_checkpoint(self.out)
-        if self.resume_from is not None:
-            ckpt_path = self._resume_point(self.resume_from)
+        ckpt_path = latest_checkpoint(self.out) if self.resume_from is None else self.resume_from
+        if self.resume_from is not None and not ckpt_path.is_file():
+            raise CheckpointError(f"--resume-from {ckpt_path}: no such checkpoint (the run's checkpoints are in "
+                                  f"{self.out / CHECKPOINT_DIR})")
         if self.resume and ckpt_path is None:
             raise ConfigError(f"--resume: no checkpoint in {self.out / 'checkpoints'} (train.output_dir); start "
                               "without --resume")
@@ -246,7 +247,9 @@ class Trainer:
         if cfg.dataset.train is None:
             raise ConfigError("dataset.train is required (an annotation file to train on)")
         self.ckpt_path = ckpt_path
-        self.ckpt = self._load_checkpoint(ckpt_path) if self.resume else None
+        self.ckpt = self._load_checkpoint(ckpt_path) if self.resume else None  # checksum verified here
+        if self.resume_from is not None:
+            self._supersede_newer(ckpt_path)
         if info.is_main:
             for p in remove_partial_files(self.out):
                 tqdm.write(f"removed {p.name}, left by a checkpoint write that was interrupted")
@@ -276,19 +279,14 @@ class Trainer:
                     if older else "; no older intact checkpoint is kept: start a new train.output_dir")
             raise CheckpointError(f"{e}{hint}") from None
 
-    def _resume_point(self, path: Path) -> Path:
-        """--resume-from: a checkpoint of this run. Newer checkpoints (damaged ones, or a branch abandoned) are
-        renamed to *.pt.superseded, so the run continues from `path` and nothing is deleted."""
-        folder = self.out / CHECKPOINT_DIR
-        if not path.is_file():
-            raise CheckpointError(f"--resume-from {path}: no such checkpoint (the run's checkpoints are in {folder})")
-        verified_bytes(path)  # this one must be intact before anything is renamed
-        if self.info.is_main and path.resolve().parent == folder.resolve():
+    def _supersede_newer(self, path: Path) -> None:
+        """--resume-from `path` (read and verified already): the run's newer checkpoints (damaged ones, or a branch
+        abandoned) are renamed to *.pt.superseded, so the run continues from `path` and nothing is deleted."""
+        if self.info.is_main and path.resolve().parent == (self.out / CHECKPOINT_DIR).resolve():
             for newer in [p for p in list_checkpoints(self.out) if p.name > path.name]:
                 newer.rename(newer.with_name(newer.name + ".superseded"))
                 tqdm.write(f"{newer.name} comes after {path.name}: kept as {newer.name}.superseded")
         distributed.barrier(self.info)
-        return path
 
     def _setup_data(self) -> None:
         """The model and data configs (spectrogram statistics measured with mean/std 'auto', or read back from the
@@ -452,7 +450,7 @@ class Trainer:
                 tqdm.write(f"[rank {info.rank}] epoch {epoch}: {skips.summary()}")
             skipped = distributed.gather_objects(skips.skipped, info)
             if info.is_main and skipped:
-                skips.write_csv(self.out / SKIPPED_TRAIN, {"epoch": epoch}, append=True, skipped=skipped)
+                write_skipped(self.out / SKIPPED_TRAIN, skipped, {"epoch": epoch}, append=True)
             skips.reset()
         bar.close()
         model_dir = self.save_model()
