@@ -422,8 +422,8 @@ class MBT(nn.Module):
         for step in self.fusion_plan(present):
             updates: dict[str, list[Tensor]] = {}
             for run in step.runs:
-                x = torch.cat([tokens[q] for q in run.queries], dim=1)  # (B, N, D)
-                context = torch.cat([tokens[c] for c in run.context], dim=1) if run.context else None
+                x = _join([tokens[q] for q in run.queries])  # (B, N, D)
+                context = _join([tokens[c] for c in run.context]) if run.context else None
                 out = self._run_block(run, step.layer, x, context)
                 for q, part in zip(run.queries, out.split([tokens[q].shape[1] for q in run.queries], dim=1)):
                     updates.setdefault(q, []).append(part)
@@ -471,6 +471,11 @@ class MBT(nn.Module):
         check_state_dict(model.state_dict(), state, str(Path(directory) / WEIGHTS_NAME))
         model.load_state_dict(state)
         return model.to(map_location).eval()
+
+
+def _join(parts: list[Tensor]) -> Tensor:
+    """Token sets concatenated along the token axis; a single set as it is (torch.cat would copy it)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 @torch.no_grad()
