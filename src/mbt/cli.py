@@ -176,6 +176,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "  mbt train configs/vggsound.yaml --optim.lr 0.1 --optim.batch_size=32 --train.num_workers 8\n"
             "  mbt train runs/as/config.yaml --resume\n"
             "  mbt train runs/as/config.yaml --resume-from runs/as/checkpoints/step-00001000.pt\n"
+            "  mbt train mbt-demo/runs/mbt/config.yaml --init-from mbt-demo/runs/video/model mbt-demo/runs/audio/model "
+            "--train.output_dir runs/mbt-from-unimodal\n"
+            "  mbt train configs/audioset_mini.yaml --init-from rgb=weights/ViT-B_16.npz "
+            "spectrogram=weights/audioset_10_10_0.4593.pth\n"
             "  torchrun --nproc-per-node 8 -m mbt train configs/kinetics400.yaml\n"))
     p.add_argument("config", help="YAML run config")
     p.add_argument("--resume", action="store_true",
@@ -183,7 +187,36 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume-from", default=None, metavar="CHECKPOINT",
                    help="continue from this checkpoint of the run (e.g. an older one when the newest is damaged); "
                         "newer checkpoints are kept as *.pt.superseded")
+    p.add_argument("--init-from", nargs="+", default=None, metavar="[MODALITY=]PATH",
+                   help="start each stream from its own pretrained encoder: an mbt model directory with one modality "
+                        "(its stream is taken), or MODALITY=PATH for a ViT file, an AST checkpoint (spectrogram) or "
+                        "one stream of a multimodal model directory; the same as --init.rgb PATH "
+                        "--init.spectrogram PATH")
     p.set_defaults(func=_run_train, takes_overrides=True)
+
+
+def _init_from_overrides(paths: Sequence[str]) -> list[str]:
+    """--init-from items -> ['--init.rgb=PATH', ...]: 'MODALITY=PATH', or a model directory with one modality."""
+    from .models.config import MODALITIES, MBTConfig
+    from .models.pretrained import CONFIG_NAME
+
+    out: dict[str, str] = {}
+    for item in paths:
+        modality, _, path = item.partition("=") if item.split("=", 1)[0] in MODALITIES else ("", "", item)
+        if not modality:
+            config = Path(path) / CONFIG_NAME
+            if not config.is_file():
+                raise ConfigError(f"--init-from {path}: not an mbt model directory (no {CONFIG_NAME}); for a ViT or "
+                                  "AST file name the stream: rgb=PATH or spectrogram=PATH")
+            modalities = MBTConfig.from_json_file(config).modality_fusion
+            if len(modalities) != 1:
+                raise ConfigError(f"--init-from {path}: the model has {list(modalities)}; name the stream to take "
+                                  "from it: rgb=PATH or spectrogram=PATH")
+            modality = modalities[0]
+        if modality in out:
+            raise ConfigError(f"--init-from: two sources for the {modality} stream ({out[modality]}, {path})")
+        out[modality] = path
+    return [f"--init.{m}={p}" for m, p in out.items()]
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -194,7 +227,8 @@ def _run_train(args: argparse.Namespace) -> int:
     if not Path(args.config).is_file() and args.overrides:
         raise ConfigError(f"{args.config}: no such config file; give the config file first, then the overrides: "
                           "mbt train CONFIG.yaml --section.key value ...")
-    cfg = RunConfig.from_yaml(args.config, args.overrides)
+    overrides = list(args.overrides) + (_init_from_overrides(args.init_from) if args.init_from else [])
+    cfg = RunConfig.from_yaml(args.config, overrides)
     model_dir = train(cfg, resume=args.resume, resume_from=args.resume_from)
     if is_main_process():
         print(f"model: {model_dir}")

@@ -4,7 +4,7 @@
     data:     mbt.data.DataConfig fields (decoding, clip sampling, audio front end, augmentation incl. mixup);
               shapes default to the model's (frames, crop, spectrogram window and mel bins)
     dataset:  train / val / test annotation files (format, video folder, label list, split)
-    init:     ImageNet ViT initialisation (a vision_transformer/big_vision .npz or a timm state dict)
+    init:     where the weights start: an ImageNet ViT for every stream, or a pretrained encoder per stream
     optim:    optimiser, schedule, batch size, clipping, label smoothing, epochs
     train:    output folder, seed, device, precision, checkpoints, logging, evaluation cadence
 
@@ -26,7 +26,7 @@ import yaml
 from ..data.annotations import Annotations, detect_format, read_annotations
 from ..data.config import DataConfig
 from ..errors import ConfigError
-from ..models.config import PRESETS, MBTConfig
+from ..models.config import MODALITIES, PRESETS, MBTConfig
 from ..weights.vit import KERNEL_INITS
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -86,9 +86,20 @@ class DatasetConfig:
 
 @dataclass
 class InitConfig:
-    """Initialisation from ImageNet ViT weights (reference C). `checkpoint: null` trains from scratch."""
+    """Where the weights start (reference C; mbt.weights.init_streams). All null: from scratch.
+
+    `checkpoint` is one ImageNet ViT for every stream, as in the paper. `rgb` / `spectrogram` give a stream its own
+    pretrained encoder instead: an ImageNet ViT file, an AST checkpoint (spectrogram only) or an mbt model
+    directory that has the modality (e.g. the `video` and `audio` models of `mbt demo`)."""
 
     checkpoint: str | None = None
+    rgb: str | None = None
+    """The rgb stream's encoder: a ViT file or an mbt model directory with an rgb stream."""
+    spectrogram: str | None = None
+    """The spectrogram stream's encoder: a ViT file, an AST checkpoint or an mbt model directory with audio."""
+    encoder_norm_from: str | None = None
+    """Without `checkpoint`: the modality whose source gives the final LayerNorm, which the streams share
+    (default: the first of model.modality_fusion that has a source)."""
     kernel_init: str = "central_frame"
     """rgb tubelet kernel from the 2-D patch kernel (mbt.weights.vit.KERNEL_INITS): 'central_frame' (official),
     'average' (inflation) or 'average_arp'."""
@@ -99,6 +110,13 @@ class InitConfig:
     def __post_init__(self) -> None:
         if self.kernel_init not in KERNEL_INITS:
             raise ConfigError(f"init.kernel_init = {self.kernel_init!r}; allowed: {KERNEL_INITS}")
+        if self.encoder_norm_from is not None and self.encoder_norm_from not in MODALITIES:
+            raise ConfigError(f"init.encoder_norm_from = {self.encoder_norm_from!r}; allowed: {MODALITIES}")
+
+    @property
+    def streams(self) -> dict[str, str]:
+        """The per-stream sources that are set: modality -> path."""
+        return {m: getattr(self, m) for m in MODALITIES if getattr(self, m)}
 
 
 @dataclass

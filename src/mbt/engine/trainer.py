@@ -52,7 +52,8 @@ from ..data.transforms import mixup
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..progress import progress_bar
 from ..models.mbt import MBT
-from ..weights.vit import init_from_vit
+from ..weights.streams import MBTEncoder, init_streams, input_differences, read_encoder
+from ..weights.vit import ViTWeights, read_vit_checkpoint
 from . import distributed
 from .checkpoint import (CHECKPOINT_DIR, intact_checkpoints, latest_checkpoint, list_checkpoints, load_checkpoint,
                          remove_partial_files, rng_state, save_checkpoint, set_rng_state)
@@ -227,6 +228,8 @@ class Trainer:
         self.step = 0
         self.nonfinite_steps = self.nonfinite_in_a_row = 0  # skipped steps: in all, and the current run of them
         self.ckpt: dict[str, Any] | None = None
+        self.init_base: ViTWeights | None = None  # the pretrained sources, read in set-up, written into the model
+        self.init_streams: dict[str, ViTWeights | MBTEncoder] | None = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -293,6 +296,10 @@ class Trainer:
         checkpoint), the validation and test annotations, and the resolved run config."""
         cfg = self.cfg
         self.model_config = cfg.model_config(**task_of(self.train_ann))
+        self._read_init_sources()  # before the statistics: a wrong path or architecture fails at once
+        channels = self._spectrogram_channels()
+        if channels is not None and channels != self.model_config.spectrogram_channels:
+            self.model_config = self.model_config.replace(spectrogram_channels=channels)
         data_config = cfg.data_config(self.model_config)
         if cfg.auto_stats and "spectrogram" in data_config.modalities:
             if self.ckpt is not None:  # measured when the run started
@@ -311,6 +318,50 @@ class Trainer:
         resolved.model.pop("model_type", None)
         resolved.model.pop("format_version", None)
         self.resolved = resolved
+
+    def _read_init_sources(self) -> None:
+        """Read init.checkpoint (a ViT for every stream) and the per-stream encoders (init.rgb / spectrogram),
+        unless resuming (the checkpoint then holds the weights)."""
+        init = self.cfg.init
+        self.init_base = self.init_streams = None
+        if self.resume or not (init.checkpoint or init.streams):
+            return
+        wrong = sorted(set(init.streams) - set(self.model_config.modality_fusion))
+        if wrong:
+            raise ConfigError(f"init.{wrong[0]} is set, but the model's modalities are "
+                              f"{list(self.model_config.modality_fusion)}; remove it or add the modality")
+        self.init_base = read_vit_checkpoint(init.checkpoint) if init.checkpoint else None
+        self.init_streams = {m: read_encoder(path, m) for m, path in init.streams.items()}
+
+    def _spectrogram_channels(self) -> int | None:
+        """The spectrogram channel count the run's model gets when model.spectrogram_channels is not set: that of
+        the spectrogram stream's pretrained kernel, so it trains as its source did (an ImageNet ViT: 3 identical
+        copies of the log-mel channel, as in Scenic; an AST: 1). On resume, the checkpoint's."""
+        if "spectrogram" not in self.model_config.modality_fusion or "spectrogram_channels" in self.cfg.model:
+            return None
+        if self.ckpt is not None:
+            return json.loads(self.ckpt["config"])["model"].get("spectrogram_channels")
+        src = (self.init_streams or {}).get("spectrogram", self.init_base)
+        if src is None:
+            return None
+        return src.in_channels if isinstance(src, ViTWeights) else src.config.spectrogram_channels
+
+    def _init_weights(self, model: MBT) -> None:
+        """Write the pretrained sources into the new model and print what came from where; for a stream taken
+        from an mbt model, name the data fields whose values differ from the inputs that model was trained on."""
+        init = self.cfg.init
+        report = init_streams(model, self.init_streams, checkpoint=self.init_base, kernel_init=init.kernel_init,
+                              init_bottleneck=init.init_bottleneck, restore_output_proj=init.restore_output_proj,
+                              encoder_norm_from=init.encoder_norm_from)
+        if self.info.is_main:
+            tqdm.write(report.summary())
+            for m, src in self.init_streams.items():
+                if isinstance(src, MBTEncoder):
+                    differ = input_differences(src, m, self.data_config)
+                    if differ:
+                        tqdm.write(f"note: the {m} stream's source {src.source} was trained on other inputs: "
+                                   + "; ".join(differ))
+        self.init_base = self.init_streams = None  # the weights are in the model now
 
     def _setup_steps(self) -> None:
         """The step geometry: clips per micro-batch, steps per epoch, total, warm-up and validation steps."""
@@ -337,12 +388,8 @@ class Trainer:
         cfg, tc, oc, info = self.cfg, self.cfg.train, self.cfg.optim, self.info
         torch.manual_seed(tc.seed)  # the same initial weights on every process (DDP also broadcasts rank 0's)
         model = MBT(self.model_config)
-        if cfg.init.checkpoint and not self.resume:
-            report = init_from_vit(model, cfg.init.checkpoint, kernel_init=cfg.init.kernel_init,
-                                   init_bottleneck=cfg.init.init_bottleneck,
-                                   restore_output_proj=cfg.init.restore_output_proj)
-            if info.is_main:
-                tqdm.write(report.summary())
+        if self.init_base is not None or self.init_streams:
+            self._init_weights(model)
         model.gradient_checkpointing = tc.activation_checkpointing
         model.to(info.device).train()
         self.model = model

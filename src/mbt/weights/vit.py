@@ -14,6 +14,9 @@ Two steps, both usable on their own:
   tiled over time, the bottleneck tokens from the position embedding, the patch kernel inflated to 3-D, the CLS
   token, and optionally pre_logits and the classifier.
 
+Its planning steps (`plan_vit_init`, `plan_blocks`, `plan_tokenizer`, `plan_bottleneck`, then `write_init`) also
+serve `mbt.weights.streams`, which gives each stream its own source.
+
 Flax layouts (reference B.4): Dense kernel (in, out); conv kernel (h, w, C_in, C_out); attention q/k/v kernel
 (D, heads, head_dim) and bias (heads, head_dim); attention out kernel (heads, head_dim, D).
 """
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
     from ..models.config import MBTConfig
     from ..models.mbt import MBT
 
-FORMATS = ("vision_transformer", "big_vision", "timm")
+FORMATS = ("vision_transformer", "big_vision", "timm", "ast")
 KERNEL_INITS = ("central_frame", "average", "average_arp")
 _KERNEL_INIT_ALIASES = {  # Scenic's kernel_init_method names
     "central_frame_initializer": "central_frame", "average_frame_initializer": "average",
@@ -68,10 +71,11 @@ class ViTWeights:
       cls: (1, 1, D) class token, None for a ViT without one.
       posemb_cls: (1, 1, D) position of the class token; zeros when the ViT has a class token that gets no position
         (timm `no_embed_class`, big_vision), which is what such a ViT computes. None without a class token.
-      posemb_grid: (gh, gw, D) the patch positions as a square grid.
+      posemb_grid: (gh, gw, D) the patch positions as a grid (square for an image ViT).
       pre_logits: {'weight' (R, D), 'bias' (R,)} of the Dense + tanh representation layer, or None.
       head: {'weight' (C, R or D), 'bias' (C,)} of the classifier, or None.
-      source: the file read; format: 'vision_transformer' | 'big_vision' | 'timm'.
+      source: the file read; format: 'vision_transformer' | 'big_vision' | 'timm' | 'ast' (an audio
+        spectrogram transformer, `mbt.weights.ast`: its grid is (time, mel) and its kernel (D, 1, time, mel)).
       num_heads: from the q kernel (D, heads, head_dim) of npz files; None for timm, which does not store it.
       notes: things worth telling the user about this checkpoint (carried into the init report).
     """
@@ -160,12 +164,25 @@ def read_vit_checkpoint(path: str | Path) -> ViTWeights:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file; give the path of a ViT checkpoint (.npz from "
                               "vision_transformer/big_vision/Scenic, or a timm .safetensors/.pth)")
+    kind, raw = load_weights_file(path)
+    return vit_from_raw(kind, raw, str(path))
+
+
+def load_weights_file(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """('npz', {flax key: array}) or ('state', {torch key: tensor}) from an npz, safetensors or torch.save file
+    (detected from its bytes; torch files read with weights_only=True). CheckpointError names the file."""
+    path = Path(path)
     kind = _sniff(path)
     if kind == "npz":
-        flat = _load_npz(path)
-        return _vit_from_flax(flat, str(path))
-    state = _load_safetensors(path) if kind == "safetensors" else _load_torch(path)
-    return _vit_from_timm(state, str(path))
+        return "npz", _load_npz(path)
+    return "state", (_load_safetensors(path) if kind == "safetensors" else _load_torch(path))
+
+
+def vit_from_raw(kind: str, raw: Mapping[str, Any], source: str) -> ViTWeights:
+    """A ViT from what `load_weights_file` read: Flax npz keys, or a timm state dict."""
+    if kind == "npz":
+        return _vit_from_flax(raw, source)
+    return _vit_from_timm(raw, source)
 
 
 def _sniff(path: Path) -> str:
@@ -425,6 +442,9 @@ def _vit_from_timm(state: Mapping[str, Any], source: str) -> ViTWeights:
         hint = ""
         if any(k.startswith("tokenizers.") for k in state):
             hint = " It is an MBT state dict: load it with MBT.from_pretrained."
+        elif "v.pos_embed" in state:
+            hint = (" It is an AST (Audio Spectrogram Transformer) checkpoint: it initialises the spectrogram "
+                    "stream (init.spectrogram, or mbt.weights.init_streams).")
         elif any(k.startswith(("vit.", "embeddings.")) for k in state):
             hint = " It looks like a Hugging Face transformers ViT; use its timm or original .npz release."
         raise CheckpointError(f"{source}: not a timm ViT state dict: no 'pos_embed' and 'patch_embed.proj.weight' "
@@ -436,22 +456,7 @@ def _vit_from_timm(state: Mapping[str, Any], source: str) -> ViTWeights:
         raise CheckpointError(f"{source}: unsupported ViT feature: key {key!r} ({why}); only the plain pre-LN ViT "
                               "(class token or pooled head, learned position embedding) can initialise MBT")
     t = {k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}
-
-    depth = 1 + max((int(k.split(".")[1]) for k in t if k.startswith("blocks.")), default=-1)
-    blocks = []
-    for i in range(depth):
-        block = {}
-        for k in BLOCK_KEYS:
-            key = f"blocks.{i}.{k}"
-            if key in t:
-                block[k] = t[key]
-            elif k == "attn.qkv.bias" and f"blocks.{i}.attn.qkv.weight" in t:  # qkv_bias=False: the same as zeros
-                block[k] = torch.zeros(t[f"blocks.{i}.attn.qkv.weight"].shape[0])
-            else:
-                raise CheckpointError(f"{source}: missing {key!r}; the state dict is incomplete")
-        blocks.append(block)
-    if not blocks:
-        raise CheckpointError(f"{source}: no encoder blocks ('blocks.<i>....'); not a ViT")
+    blocks = timm_blocks(t, source)
 
     notes: list[str] = []
     if "fc_norm.weight" in t:
@@ -486,6 +491,27 @@ def _vit_from_timm(state: Mapping[str, Any], source: str) -> ViTWeights:
         source=source, format="timm", num_heads=None, notes=notes + pos_notes)
     _check_consistent(vit)
     return vit
+
+
+def timm_blocks(t: Mapping[str, Tensor], source: str) -> list[dict[str, Tensor]]:
+    """The encoder blocks of a timm-style state dict ('blocks.<i>.norm1.weight', ...), each keyed as an mbt
+    EncoderBlock (`BLOCK_KEYS`); a block without a qkv bias gets zeros (what it computes)."""
+    depth = 1 + max((int(k.split(".")[1]) for k in t if re.match(r"^blocks\.\d+\.", k)), default=-1)
+    blocks = []
+    for i in range(depth):
+        block = {}
+        for k in BLOCK_KEYS:
+            key = f"blocks.{i}.{k}"
+            if key in t:
+                block[k] = t[key]
+            elif k == "attn.qkv.bias" and f"blocks.{i}.attn.qkv.weight" in t:  # qkv_bias=False: the same as zeros
+                block[k] = torch.zeros(t[f"blocks.{i}.attn.qkv.weight"].shape[0])
+            else:
+                raise CheckpointError(f"{source}: missing {key!r}; the state dict is incomplete")
+        blocks.append(block)
+    if not blocks:
+        raise CheckpointError(f"{source}: no encoder blocks ('blocks.<i>....'); not a ViT")
+    return blocks
 
 
 def _unwrap_timm(state: Mapping[str, Any], source: str) -> dict[str, Tensor]:
@@ -603,6 +629,31 @@ def resize_grid(grid: Tensor, size: tuple[int, int]) -> Tensor:
     return x[0].permute(1, 2, 0).to(grid.dtype).contiguous()
 
 
+def spectrogram_kernel(weight: Tensor, channels: int) -> Tensor:
+    """A spectrogram patch kernel (D, C, time, mel) for a model with `channels` input channels, computing the same
+    embedding of a 1-channel spectrogram copied to every channel (as Scenic's pipeline copies it to 3): C -> 1 sums
+    the kernel over its channels, 1 -> C spreads it evenly."""
+    if weight.shape[1] == channels:
+        return weight
+    if channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    if weight.shape[1] == 1:
+        return weight.expand(-1, channels, -1, -1) / channels
+    raise CheckpointError(f"a {weight.shape[1]}-channel spectrogram kernel cannot become a {channels}-channel one")
+
+
+def channel_note(source: int, model: int) -> str:
+    """Why a spectrogram kernel whose channel count changed learns at another speed than in its source."""
+    if model == 1:
+        return (f"spectrogram patch kernel summed over its {source} channels into the model's 1: the same embedding "
+                f"of the copied log-mel channel, but that kernel now learns {source}x slower than in Scenic, which "
+                f"feeds {source} identical channels (each channel gets the whole gradient); build the model with "
+                f"spectrogram_channels={source} to train as Scenic does")
+    return (f"spectrogram patch kernel spread evenly over the model's {model} channels (the input is copied to "
+            f"each): the same embedding, but it learns {model}x faster than in its 1-channel source; "
+            "spectrogram_channels=1 keeps the source's training")
+
+
 def inflate_kernel(weight: Tensor, t: int, method: str) -> Tensor:
     """2-D patch kernel (D, C, ph, pw) -> 3-D tubelet kernel (D, C, t, ph, pw) (Scenic's `init_embedding`).
 
@@ -666,29 +717,45 @@ def init_from_vit(model: MBT, checkpoint: str | Path | ViTWeights, *, kernel_ini
     Raises: CheckpointError naming the file and the mismatch (depth, width, MLP, heads, patch, channels, class
       position, bottleneck count); the model is unchanged then.
     """
+    vit = checkpoint if isinstance(checkpoint, ViTWeights) else read_vit_checkpoint(checkpoint)
+    plan = plan_vit_init(model, vit, kernel_init=kernel_init, init_bottleneck=init_bottleneck,
+                         restore_output_proj=restore_output_proj, restore_spectrogram_cls=restore_spectrogram_cls)
+    write_init(model, plan.writes, plan.report)
+    return plan.report
+
+
+def plan_vit_init(model: MBT, vit: ViTWeights, *, kernel_init: str = "central_frame", init_bottleneck: bool = True,
+                  restore_output_proj: bool = False, restore_spectrogram_cls: bool | None = None) -> _Plan:
+    """What `init_from_vit` writes (`plan.writes`, model key -> tensor) and its report, all checked; nothing is
+    written yet."""
     if _KERNEL_INIT_ALIASES.get(kernel_init, kernel_init) not in KERNEL_INITS:
         raise CheckpointError(f"unknown kernel_init {kernel_init!r}; allowed: {KERNEL_INITS}")
-    vit = checkpoint if isinstance(checkpoint, ViTWeights) else read_vit_checkpoint(checkpoint)
     cfg = model.config
     plan = _Plan(model, vit)
-    _check_architecture(plan, cfg)
-    _plan_blocks(plan, model)
+    check_architecture(plan, cfg)
+    for stream in model.encoders:
+        plan_blocks(plan, stream)
+    plan.put("encoder_norm.weight", vit.encoder_norm["weight"])
+    plan.put("encoder_norm.bias", vit.encoder_norm["bias"])
     for m in cfg.modality_fusion:
-        _plan_tokenizer(plan, cfg, m, kernel_init, restore_spectrogram_cls)
-    _plan_bottleneck(plan, cfg, init_bottleneck)
+        plan_tokenizer(plan, cfg, m, kernel_init, restore_spectrogram_cls)
+    plan_bottleneck(plan, cfg, init_bottleneck)
     _plan_head(plan, cfg, restore_output_proj)
+    return plan
 
+
+def write_init(model: MBT, writes: Mapping[str, Tensor], report: ViTInitReport) -> None:
+    """Copy `writes` (model key -> tensor, shapes checked when planned) into the model and fill the report's
+    `loaded` / `untouched` lists, in the model's key order."""
     with torch.no_grad():
         state = model.state_dict()
-        for key, value in plan.writes.items():
+        for key, value in writes.items():
             state[key].copy_(value)
-    report = plan.report
-    report.loaded = [k for k in state if k in plan.writes]
-    report.untouched = [k for k in state if k not in plan.writes]
-    return report
+    report.loaded = [k for k in state if k in writes]
+    report.untouched = [k for k in state if k not in writes]
 
 
-def _check_architecture(plan: _Plan, cfg: MBTConfig) -> None:
+def check_architecture(plan: _Plan, cfg: MBTConfig) -> None:
     vit = plan.vit
     for what, theirs, ours in (("depth (layers)", vit.num_layers, cfg.num_layers),
                                ("width (hidden size)", vit.hidden_size, cfg.hidden_size),
@@ -704,14 +771,11 @@ def _check_architecture(plan: _Plan, cfg: MBTConfig) -> None:
                   f"{vit.num_heads}")
 
 
-def _plan_blocks(plan: _Plan, model: MBT) -> None:
-    # ViT block i goes into layer i of every stream: each modality's own encoder, or the shared one.
-    for stream in model.encoders:
-        for i, block in enumerate(plan.vit.blocks):
-            for k, v in block.items():
-                plan.put(f"encoders.{stream}.{i}.{k}", v)
-    plan.put("encoder_norm.weight", plan.vit.encoder_norm["weight"])
-    plan.put("encoder_norm.bias", plan.vit.encoder_norm["bias"])
+def plan_blocks(plan: _Plan, stream: str) -> None:
+    """ViT block i into layer i of one stream's encoder (a modality's own, or 'shared')."""
+    for i, block in enumerate(plan.vit.blocks):
+        for k, v in block.items():
+            plan.put(f"encoders.{stream}.{i}.{k}", v)
 
 
 def _class_position(plan: _Plan, what: str) -> Tensor:
@@ -722,7 +786,7 @@ def _class_position(plan: _Plan, what: str) -> Tensor:
     return plan.vit.posemb_cls
 
 
-def _plan_tokenizer(plan: _Plan, cfg: MBTConfig, m: str, kernel_init: str,
+def plan_tokenizer(plan: _Plan, cfg: MBTConfig, m: str, kernel_init: str,
                     restore_spectrogram_cls: bool | None) -> None:
     vit, prefix = plan.vit, f"tokenizers.{m}"
     token_head = cfg.classifier == "token"
@@ -760,10 +824,9 @@ def _plan_tokenizer(plan: _Plan, cfg: MBTConfig, m: str, kernel_init: str,
                   f"{'rgb_patch_size (t, h, w)' if m == 'rgb' else 'spectrogram_patch_size (time, mel)'})")
     weight = vit.patch_weight  # (D, C, ph, pw)
     channels = cfg.rgb_channels if m == "rgb" else cfg.spectrogram_channels
-    if channels == 1 and m == "spectrogram" and vit.in_channels != 1:
-        # Scenic feeds the single log-mel channel as C identical copies to the RGB kernel: the same as summing the
-        # kernel over its input channels once.
-        weight = weight.sum(dim=1, keepdim=True)
+    if m == "spectrogram" and channels != vit.in_channels and 1 in (channels, vit.in_channels):
+        weight = spectrogram_kernel(weight, channels)
+        plan.report.notes.append(channel_note(vit.in_channels, channels))
     elif channels != vit.in_channels:
         plan.fail(f"the ViT takes {vit.in_channels} input channels but the model's {m} input has {channels}; use "
                   f"{vit.in_channels}" + (" or 1" if m == "spectrogram" else ""))
@@ -792,7 +855,7 @@ def _plan_tokenizer(plan: _Plan, cfg: MBTConfig, m: str, kernel_init: str,
         plan.put(f"{prefix}.cls", vit.cls)
 
 
-def _plan_bottleneck(plan: _Plan, cfg: MBTConfig, init_bottleneck: bool) -> None:
+def plan_bottleneck(plan: _Plan, cfg: MBTConfig, init_bottleneck: bool) -> None:
     if not cfg.use_bottleneck:
         return
     if not init_bottleneck:
