@@ -248,7 +248,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         epilog=(
             "examples:\n"
             "  mbt eval runs/as/model eval_segments.csv --video-dir audioset/eval\n"
-            "  mbt eval runs/vgg/model vggsound.csv --split test --video-dir vggsound/ --num-test-clips 4\n"))
+            "  mbt eval runs/vgg/model vggsound.csv --split test --video-dir vggsound/ --num-test-clips 4\n"
+            "  mbt eval runs/mbt/model test.csv --drop audio              # the model without its audio stream\n"
+            "  mbt eval runs/mbt/model test.csv --corrupt audio:noise:0   # white noise at 0 dB SNR\n"
+            "  mbt eval runs/mbt/model test.csv --robustness              # robustness.json and robustness.png\n"))
     p.add_argument("model_dir", help="model directory (config.json, model.safetensors, preprocessor_config.json)")
     _add_data_args(p)
     p.add_argument("--output", default=None,
@@ -262,8 +265,30 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-clips", type=_positive_int, default=None, help="evaluate only the first N videos")
     p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
                    help="an unreadable video: skip it (counted in metrics.json) or stop (default: skip)")
+    p.add_argument("--drop", default=None, metavar="STREAM",
+                   help="evaluate without this stream (rgb or video, spectrogram or audio), as if the files lacked it")
+    p.add_argument("--corrupt", default=None, metavar="STREAM:KIND:STRENGTH",
+                   help="corrupt one stream in every clip: audio:noise:SNR_DB, video:noise:STD (frames in [-1, 1]), "
+                        "video:blur:SIGMA_PX, video:occlusion:AREA_SHARE")
+    p.add_argument("--robustness", action="store_true",
+                   help="evaluate every condition (all streams, each removed, each corruption at three strengths) "
+                        "and write robustness.json and robustness.png (needs matplotlib) to the output folder")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_run_eval)
+
+
+def _stream_modality(name: str, modalities: Sequence[str]) -> str:
+    """'audio' / 'spectrogram' / 'video' / 'rgb' -> the model's modality name; an error names the choices."""
+    from .models.config import STREAM
+
+    by_name = {**{m: m for m in STREAM}, **{v: m for m, v in STREAM.items()}}
+    m = by_name.get(name)
+    if m is None or m not in modalities:
+        raise ConfigError(f"--drop {name!r}: the model's streams are "
+                          f"{', '.join(f'{x} ({STREAM[x]})' for x in modalities)}")
+    if len(modalities) == 1:
+        raise ConfigError(f"--drop {name}: the model has only that stream; nothing would be left to score")
+    return m
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -272,25 +297,47 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .data.config import load_pretrained
     from .engine import distributed
     from .engine.config import SplitConfig
-    from .engine.evaluate import evaluate_dataset, json_ready, write_results
+    from .data.corrupt import Corruption
+    from .engine.evaluate import evaluate_conditions, json_ready, write_results
 
     info = distributed.setup(args.device, field="--device")
     try:
         model, data_config = load_pretrained(args.model_dir, map_location=info.device)
         if args.num_test_clips is not None:
             data_config = dataclasses.replace(data_config, num_test_clips=args.num_test_clips)
+        condition = None  # the streams given to the model (None: all)
+        if args.drop:
+            dropped = _stream_modality(args.drop, model.config.modality_fusion)
+            condition = tuple(m for m in model.config.modality_fusion if m != dropped)
+        corruption = Corruption.parse(args.corrupt) if args.corrupt else None
         split = SplitConfig(annotations=args.annotations, format=args.format, video_dir=args.video_dir,
                             labels=args.labels, split=args.split, max_clips=args.max_clips)
         ann = split.read(model.config.label_names)
         if info.is_main:
             print(ann.summary(), file=sys.stderr)
-        summary, rows = evaluate_dataset(model, ann, data_config, info.device, split="test",
-                                         batch_size=args.batch_size, num_workers=args.workers,
-                                         clips_per_forward=args.clips_per_forward, on_error=args.on_error,
-                                         info=info, progress=args.progress)
+        out = Path(args.output) if args.output else Path(args.model_dir) / f"eval-{Path(args.annotations).stem}"
+        if args.robustness:
+            if args.drop or args.corrupt:
+                raise ConfigError("--robustness evaluates every condition itself; leave out --drop and --corrupt")
+            from .analysis.robustness import format_table, robustness, write_robustness
+
+            rows = robustness(model, ann, data_config, info.device, batch_size=args.batch_size,
+                              num_workers=args.workers, clips_per_forward=args.clips_per_forward, info=info,
+                              progress=args.progress)
+            if info.is_main:
+                print(format_table(rows))
+                title = f"{Path(args.model_dir).name} on {Path(args.annotations).name}"
+                paths = write_robustness(rows, out, title=title)
+                print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+            return 0
+        summary, rows = evaluate_conditions(model, ann, data_config, info.device, [condition], split="test",
+                                            batch_size=args.batch_size, num_workers=args.workers,
+                                            clips_per_forward=args.clips_per_forward, on_error=args.on_error,
+                                            info=info, progress=args.progress, corruption=corruption)[condition]
         if info.is_main:
-            out = Path(args.output) if args.output else Path(args.model_dir) / f"eval-{Path(args.annotations).stem}"
-            summary = {"model_dir": str(args.model_dir), "annotations": str(args.annotations), **summary}
+            summary = {"model_dir": str(args.model_dir), "annotations": str(args.annotations),
+                       **({"modalities": list(condition)} if condition else {}),
+                       **({"corruption": corruption.name} if corruption else {}), **summary}
             metrics_path, per_class = write_results(out, summary, rows)
             print(json.dumps(json_ready({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}),
                              indent=2))

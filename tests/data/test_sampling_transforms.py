@@ -233,3 +233,49 @@ def test_training_plans_draw_every_choice_as_specified():
     assert abs(h.mean()) < 0.01 and h.max() > 0.18 and h.min() < -0.18
     eval_plan = VideoTransform((224, 224), train=False, min_resize=256).plan(360, 640)
     assert eval_plan.size == (256, 455) and eval_plan.box == (16, 115, 224, 224) and eval_plan.color is None
+
+
+def test_modality_dropout_rates_and_never_the_last_stream():
+    """Each stream is dropped from the share of clips its probability says, at most one per clip, never a clip's
+    last stream, and the same draws for the same generator seed."""
+    import numpy as np
+    import torch
+
+    from mbt.data.transforms import modality_dropout
+
+    n = 200_000
+    lacks_audio = torch.zeros(n, dtype=torch.bool)
+    lacks_audio[: n // 4] = True  # a quarter of the clips have no audio
+    flags = modality_dropout({"spectrogram": lacks_audio}, {"rgb": 0.3, "spectrogram": 0.2}, n,
+                             np.random.default_rng(0))
+    both = ~lacks_audio
+    rgb, spec = flags["rgb"], flags["spectrogram"]
+    assert not (rgb & spec).any()  # never both: every clip keeps a stream
+    assert not rgb[lacks_audio].any()  # a clip without audio keeps its frames
+    assert torch.equal(spec[lacks_audio], lacks_audio[lacks_audio])  # its own flag stays
+    # among clips with both streams: 30% lose the frames, 20% the audio (3-sigma bounds of a binomial)
+    m = int(both.sum())
+    for got, p in ((rgb[both].float().mean().item(), 0.3), (spec[both].float().mean().item(), 0.2)):
+        assert abs(got - p) < 3 * (p * (1 - p) / m) ** 0.5, (got, p)
+    again = modality_dropout({"spectrogram": lacks_audio}, {"rgb": 0.3, "spectrogram": 0.2}, n,
+                             np.random.default_rng(0))
+    assert all(torch.equal(flags[k], again[k]) for k in flags)
+
+
+def test_mixup_carries_the_missing_flags():
+    """A mixed clip lacks a stream when either of its two clips lacks it, unless that would leave it none."""
+    import numpy as np
+    import torch
+
+    from mbt.data.transforms import mixup
+
+    missing = {"rgb": torch.tensor([True, False, False, False]),
+               "spectrogram": torch.tensor([False, False, False, True])}
+    batch = {"rgb": torch.zeros(4, 3), "spectrogram": torch.zeros(4, 2), "label": torch.eye(4), "missing": missing}
+    out, _ = mixup(batch, 0.5, np.random.default_rng(0))
+    # clip 0 mixes with clip 3 (no rgb + no audio: it keeps its own flags), clip 1 with clip 2
+    assert out["missing"]["rgb"].tolist() == [True, False, False, False]
+    assert out["missing"]["spectrogram"].tolist() == [False, False, False, True]
+    missing = {"rgb": torch.tensor([True, False, False, False]), "spectrogram": torch.zeros(4, dtype=torch.bool)}
+    out, _ = mixup({**batch, "missing": missing}, 0.5, np.random.default_rng(0))
+    assert out["missing"]["rgb"].tolist() == [True, False, False, True]  # clip 3 mixes with the frameless clip 0

@@ -525,3 +525,24 @@ def test_a_pickle_that_would_run_code_is_refused_by_name(tmp_path, capsys):
     with pytest.raises(CheckpointError, match=r"step-00000001.pt: refused: it would unpickle (posix|os)\.system"):
         load_checkpoint(path)
     assert "PWNED" not in capsys.readouterr().out
+
+
+def test_modality_dropout_is_exact_across_resume_and_changes_training(clip_dirs, tmp_path):
+    """data.augment.rgb_drop_prob / spectrogram_drop_prob: the draws depend only on the seed and the step, so a
+    run resumed half-way ends with the uninterrupted run's weights bit for bit; and they do change training."""
+    from mbt.cli import main
+
+    drop = {"augment": {"scale_jitter": None, "color_augment_prob": 0.0, "color_drop_prob": 0.0,
+                        "freq_mask_count": 0, "mixup_alpha": 0.5, "rgb_drop_prob": 0.3, "spectrogram_drop_prob": 0.3}}
+    cfg = write_config(tmp_path / "run.yaml", clip_dirs["train"], tmp_path / "unused", optim={"epochs": 2},
+                       data=drop, train={"checkpoint_every_steps": 3, "keep_checkpoints": 3})
+    assert main(["train", str(cfg), "--train.output_dir", str(tmp_path / "whole")]) == 0
+    whole = _weights(tmp_path / "whole")
+    first = list_checkpoints(tmp_path / "whole")[0]
+    assert first.name == "step-00000003.pt"
+    assert main(["train", str(tmp_path / "whole" / "config.yaml"), "--resume-from", str(first)]) == 0
+    resumed = _weights(tmp_path / "whole")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert main(["train", str(cfg), "--train.output_dir", str(tmp_path / "nodrop"),
+                 "--data.augment.rgb_drop_prob", "0", "--data.augment.spectrogram_drop_prob", "0"]) == 0
+    assert _max_diff(whole, _weights(tmp_path / "nodrop")) > 1e-4

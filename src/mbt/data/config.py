@@ -40,6 +40,12 @@ class AugmentConfig:
     time_mask_max_frames: int = 0
     mixup_alpha: float = 0.5
     """Beta(alpha, alpha) mixup in the train step, one lambda for both modalities and the labels (0: off)."""
+    rgb_drop_prob: float = 0.0
+    """Modality dropout: the share of training clips (after mixup) that train without their frames, as a clip with
+    no video stream does (the model masks the stream for that clip). 0: off."""
+    spectrogram_drop_prob: float = 0.0
+    """The same for the audio. At most one stream is dropped per clip (the two probabilities sum to at most 1),
+    never a clip's last stream; the draws depend only on the seed and the step."""
 
     def __post_init__(self) -> None:
         for name in ("scale_jitter", "saturation", "contrast"):
@@ -57,6 +63,19 @@ class AugmentConfig:
                 raise ConfigError(f"AugmentConfig.{name} = {getattr(self, name)!r}: must be >= 0")
         if self.mixup_alpha < 0:
             raise ConfigError(f"AugmentConfig.mixup_alpha = {self.mixup_alpha!r}: must be >= 0 (0 turns mixup off)")
+        for name in ("rgb_drop_prob", "spectrogram_drop_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"AugmentConfig.{name} = {getattr(self, name)!r}: must be in [0, 1]")
+        if self.rgb_drop_prob + self.spectrogram_drop_prob > 1.0:
+            raise ConfigError(f"AugmentConfig.rgb_drop_prob + spectrogram_drop_prob = "
+                              f"{self.rgb_drop_prob + self.spectrogram_drop_prob:g}: at most one stream is dropped "
+                              "per clip, so they must sum to at most 1")
+
+    @property
+    def modality_drop(self) -> dict[str, float]:
+        """{modality: drop probability} of the streams with modality dropout on."""
+        probs = {"rgb": self.rgb_drop_prob, "spectrogram": self.spectrogram_drop_prob}
+        return {m: p for m, p in probs.items() if p > 0}
 
 
 @dataclass

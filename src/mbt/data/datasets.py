@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..models.config import STREAM
 from .annotations import Annotations, Record
 from .audio import AudioFrontEnd
+from .corrupt import Corruption
 from .config import DataConfig
 from .decode import MediaError, MediaReader
 from .sampling import SPLITS, num_units, sample_offsets, window
@@ -87,11 +88,13 @@ class VideoDataset(Dataset):
         of every clip (uint8 frames, float32 audio). A dict instead of True is the store itself, keyed by file
         path (None or False: no cache): datasets over the same files (a test set read with and without a modality, several runs in one
         process) then share what was decoded.
+      corruption: an `mbt.data.corrupt.Corruption` applied to every clip's frames or waveform (robustness
+        evaluation); None: none.
     """
 
     def __init__(self, annotations: Annotations, config: DataConfig, split: str = "train",
                  on_error: str | None = None, seed: int = 0, decode_threads: int | None = None,
-                 cache: bool | dict | None = None) -> None:
+                 cache: bool | dict | None = None, corruption: Corruption | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         on_error = on_error or ("skip" if split == "train" else "raise")
@@ -99,6 +102,7 @@ class VideoDataset(Dataset):
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.annotations, self.config, self.split, self.on_error = annotations, config, split, on_error
         self.seed, self.epoch, self.decode_threads = seed, 0, decode_threads
+        self.corruption = corruption
         self.cache: dict[str, _MemoReader] | None = cache if isinstance(cache, dict) else ({} if cache else None)
         self.front_end = AudioFrontEnd(config.front_end)
         self.video_transform = VideoTransform(config.crop_size, train=split == "train", augment=config.augment,
@@ -157,13 +161,17 @@ class VideoDataset(Dataset):
             offsets = sample_offsets(self.split, len_rgb, len_spec, cfg.num_frames, cfg.stride, cfg.spec_frames,
                                      cfg.num_test_clips, rng)
             rgb, spec = [], []
-            for o_rgb, o_spec in offsets:
+            bad = self.corruption
+            for clip, (o_rgb, o_spec) in enumerate(offsets):
                 if "rgb" in wanted:
-                    rgb.append(self._rgb(reader, start, o_rgb, len_rgb, rng) if o_rgb is not None
-                               else torch.zeros(3, cfg.num_frames, *cfg.crop_size))
+                    frames = (self._rgb(reader, start, o_rgb, len_rgb, rng) if o_rgb is not None
+                              else torch.zeros(3, cfg.num_frames, *cfg.crop_size))
+                    rgb.append(bad.frames(frames, index, clip) if bad and o_rgb is not None else frames)
                 if "spectrogram" in wanted:
                     wave = (self._waveform(reader, start, o_spec, len_spec) if o_spec is not None
                             else torch.zeros(cfg.window_samples()))
+                    if bad and o_spec is not None:
+                        wave = bad.waveform(wave, index, clip)
                     spec.append(self._features(wave, rng))
         sample: dict[str, Any] = {}
         stack = (lambda xs: torch.stack(xs)) if self.split == "test" else (lambda xs: xs[0])

@@ -250,4 +250,41 @@ def mixup(batch: Mapping[str, Tensor], alpha: float, rng: np.random.Generator | 
         if key in out and isinstance(out[key], Tensor):
             v = out[key]
             out[key] = lam * v + (1.0 - lam) * v.flip(0)
+    if isinstance(out.get("missing"), Mapping) and out["missing"]:
+        out["missing"] = mixup_missing(out["missing"])
     return out, lam
+
+
+def mixup_missing(missing: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The 'missing' flags {m: (B,) bool} of a batch mixed with itself reversed: a stream is missing from a mixed
+    example when either of its two clips lacks it (so a stand-in, silence or blank frames, is never trained on as
+    content); an example that would then have no stream keeps its own clip's flags."""
+    mixed = {m: f | f.flip(0) for m, f in missing.items()}
+    if len(mixed) > 1:
+        nothing = torch.stack(list(mixed.values())).all(dim=0)
+        mixed = {m: torch.where(nothing, missing[m], f) for m, f in mixed.items()}
+    return mixed
+
+
+def modality_dropout(missing: Mapping[str, Tensor], probs: Mapping[str, float], batch: int,
+                     rng: np.random.Generator) -> dict[str, Tensor]:
+    """Per example, drop at most one stream: stream m with probability probs[m] (the probabilities are of disjoint
+    events, so they sum to at most 1), drawn with one uniform number per example from `rng`. A draw that would take
+    an example's last stream is not applied. Returns the new flags {m: (B,) bool} (True: treated as missing) for
+    every modality of `probs` and `missing`."""
+    modalities = sorted(set(probs) | set(missing))
+    device = next(iter(missing.values())).device if missing else None
+    flags = {m: (missing[m].clone() if m in missing else torch.zeros(batch, dtype=torch.bool, device=device))
+             for m in modalities}
+    u = torch.from_numpy(rng.random(batch)).to(device)
+    low = 0.0
+    for m in modalities:
+        p = float(probs.get(m, 0.0))
+        if p <= 0:
+            continue
+        hit = (u >= low) & (u < low + p)
+        low += p
+        others_left = torch.stack([~flags[o] for o in modalities if o != m]).any(dim=0) if len(modalities) > 1 \
+            else torch.zeros(batch, dtype=torch.bool, device=device)
+        flags[m] = flags[m] | (hit & others_left)
+    return flags

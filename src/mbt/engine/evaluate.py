@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..data.annotations import Annotations
 from ..data.config import DataConfig
+from ..data.corrupt import Corruption
 from ..data.datasets import SkipReport, VideoDataset, make_loader, write_skipped
 from ..errors import InputError
 from ..progress import progress_bar
@@ -60,13 +61,26 @@ def streams_present(batch: dict[str, Any], modalities: Sequence[str]) -> list[tu
             for i in range(batch["size"])]
 
 
+def missing_flags(batch: dict[str, Any], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The batch's 'missing' flags {m: (B,) bool} for `modalities`. A video that has none of them keeps them all
+    (its stand-in frames or silence are scored: there is nothing else to score it from)."""
+    missing = batch.get("missing") or {}
+    flags = {m: torch.as_tensor(missing[m], dtype=torch.bool) for m in modalities if m in missing}
+    if len(flags) == len(modalities) and flags:
+        nothing = torch.stack(list(flags.values())).all(dim=0)
+        if bool(nothing.any()):
+            flags = {m: f & ~nothing for m, f in flags.items()}
+    return flags
+
+
 def predict_batch(model: MBT, batch: dict[str, Any], device: torch.device, clips_per_forward: int = 8,
                   autocast: contextlib.AbstractContextManager | None = None,
                   modalities: Sequence[str] | None = None) -> torch.Tensor:
     """Logits (B, C), float32, of a collated batch. Multi-clip batches ('rgb' (B, N, 3, T, H, W), 'spectrogram'
-    (B, N, 1, time, mel)) are averaged over the N clips. Videos are grouped by the streams they have, and each
-    group is scored with its modalities only. `modalities` (default: all of the model's in the batch) scores the
-    batch as if only those streams had been given (a stream removed at test time)."""
+    (B, N, 1, time, mel)) are averaged over the N clips. A video flagged as lacking a stream is scored without it,
+    in the same forward pass as the others (the model masks it per example). `modalities` (default: all of the
+    model's in the batch) scores the batch as if only those streams had been given (a stream removed at test
+    time)."""
     allowed = model.config.modality_fusion if modalities is None else modalities
     modalities = [m for m in model.config.modality_fusion if m in batch and m in allowed]
     if not modalities:
@@ -74,25 +88,19 @@ def predict_batch(model: MBT, batch: dict[str, Any], device: torch.device, clips
                          f"{[m for m in MODALITIES if m in batch]})")
     multi_clip = batch[modalities[0]].ndim == len(model.config.input_shape(modalities[0])) + 2
     size = batch["size"]
-    patterns: dict[tuple[str, ...], list[int]] = {}
-    for i, present in enumerate(streams_present(batch, modalities)):
-        patterns.setdefault(present or tuple(modalities), []).append(i)
-    logits = torch.empty(size, model.config.num_classes)
-    for present, rows in patterns.items():
-        idx = torch.tensor(rows)
-        x = {m: batch[m][idx] for m in present}
-        clips = x[present[0]].shape[1] if multi_clip else 1
-        if multi_clip:  # (b, N, ...) -> (b * N, ...)
-            x = {m: v.flatten(0, 1) for m, v in x.items()}
-        n = x[present[0]].shape[0]
-        outs = []
-        for s in range(0, n, clips_per_forward):
-            chunk = {m: v[s:s + clips_per_forward].to(device, non_blocking=True) for m, v in x.items()}
-            with autocast or contextlib.nullcontext():
-                outs.append(model(chunk).logits.float().cpu())
-        out = torch.cat(outs).view(len(rows), clips, -1).mean(1)  # raw logits averaged over clips
-        logits[idx] = out
-    return logits
+    x = {m: batch[m] for m in modalities}
+    flags = missing_flags(batch, modalities)
+    clips = x[modalities[0]].shape[1] if multi_clip else 1
+    if multi_clip:  # (B, N, ...) -> (B * N, ...), each video's flags repeated for its clips
+        x = {m: v.flatten(0, 1) for m, v in x.items()}
+        flags = {m: f.repeat_interleave(clips) for m, f in flags.items()}
+    outs = []
+    for s in range(0, size * clips, clips_per_forward):
+        chunk = {m: v[s:s + clips_per_forward].to(device, non_blocking=True) for m, v in x.items()}
+        chunk["missing"] = {m: f[s:s + clips_per_forward] for m, f in flags.items()}
+        with autocast or contextlib.nullcontext():
+            outs.append(model(chunk).logits.float().cpu())
+    return torch.cat(outs).view(size, clips, -1).mean(1)  # raw logits averaged over clips
 
 
 @torch.no_grad()
@@ -200,18 +208,21 @@ def write_results(out_dir: str | Path, summary: dict[str, Any], rows: list[dict[
 def evaluate_dataset(model: MBT, annotations: Annotations, data_config: DataConfig, device: torch.device,
                      split: str = "test", batch_size: int = 4, num_workers: int = 0, clips_per_forward: int = 8,
                      on_error: str = "skip", info: distributed.DistInfo | None = None, autocast=None,
-                     progress: bool = True, cache: dict | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                     progress: bool = True, cache: dict | None = None, corruption: Corruption | None = None
+                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics of `model` on `annotations` ('val': the middle clip; 'test': data_config.num_test_clips clips).
-    `cache`: a VideoDataset cache (dict) that keeps decoded clips between calls (needs num_workers=0)."""
+    `cache`: a VideoDataset cache (dict) that keeps decoded clips between calls (needs num_workers=0).
+    `corruption`: one stream corrupted (`mbt.data.corrupt.Corruption`) in every clip."""
     return evaluate_conditions(model, annotations, data_config, device, [None], split, batch_size, num_workers,
-                               clips_per_forward, on_error, info, autocast, progress, cache)[None]
+                               clips_per_forward, on_error, info, autocast, progress, cache, corruption)[None]
 
 
 def evaluate_conditions(model: MBT, annotations: Annotations, data_config: DataConfig, device: torch.device,
                         conditions: Sequence[tuple[str, ...] | None], split: str = "test", batch_size: int = 4,
                         num_workers: int = 0, clips_per_forward: int = 8, on_error: str = "skip",
                         info: distributed.DistInfo | None = None, autocast=None, progress: bool = True,
-                        cache: dict | None = None) -> dict[Any, tuple[dict[str, Any], list[dict[str, Any]]]]:
+                        cache: dict | None = None, corruption: Corruption | None = None
+                        ) -> dict[Any, tuple[dict[str, Any], list[dict[str, Any]]]]:
     """`evaluate_dataset` under several test conditions, each a tuple of the modalities given to the model (None:
     all), from one pass over the data: every clip is decoded and loaded once. Returns {condition: (summary,
     per-class rows)}."""
@@ -219,7 +230,8 @@ def evaluate_conditions(model: MBT, annotations: Annotations, data_config: DataC
     for c in conditions:
         if c is not None:
             model.config.select_modalities(c)  # a ConfigError for a modality the model does not have
-    dataset = VideoDataset(annotations, data_config, split=split, on_error=on_error, cache=cache)
+    dataset = VideoDataset(annotations, data_config, split=split, on_error=on_error, cache=cache,
+                           corruption=corruption)
     logits, labels, _, report = predict_conditions(model, dataset, device, conditions, batch_size, num_workers,
                                                    clips_per_forward, info, autocast, progress, desc=split)
     info = info or distributed.DistInfo(device=device)

@@ -70,10 +70,14 @@ def mbt_loss(output, labels: Tensor, problem_type: str, heads: Mapping[str, int]
     """(B,) per-example losses of an `MBTOutput`.
 
     With the token head and `per_modality` (training), the mean over modalities of each modality's loss
-    (Scenic trains the per-modality logits); otherwise the loss of the (modality-averaged) logits (Scenic's eval).
+    (Scenic trains the per-modality logits), over the modalities each example has when some are flagged missing
+    (`output.present`); otherwise the loss of the (modality-averaged) logits (Scenic's eval).
     """
     if per_modality and output.modality_logits:
-        losses = [per_example_loss(lg, labels, problem_type, heads, label_smoothing)
-                  for lg in output.modality_logits.values()]
-        return torch.stack(losses).mean(0)
+        losses = torch.stack([per_example_loss(lg, labels, problem_type, heads, label_smoothing)
+                              for lg in output.modality_logits.values()])  # (M, B)
+        if output.present is None:
+            return losses.mean(0)
+        w = torch.stack([output.present[m] for m in output.modality_logits]).to(losses.dtype)  # (M, B)
+        return (losses * w).sum(0) / w.sum(0)
     return per_example_loss(output.logits, labels, problem_type, heads, label_smoothing)

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from ..data.annotations import Annotations
 from ..data.datasets import SkipReport, VideoDataset, make_loader, write_skipped
 from ..data.stats import compute_stats
-from ..data.transforms import mixup
+from ..data.transforms import mixup, modality_dropout
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..progress import progress_bar
 from ..models.mbt import MBT
@@ -531,6 +531,7 @@ class Trainer:
         cfg, info, model, ddp = self.cfg, self.info, self.model, self.ddp
         oc, cfgm, step = cfg.optim, model.config, self.step
         alpha = self.data_config.augment.mixup_alpha if self.data_config.augment else 0.0
+        drop_probs = self.data_config.augment.modality_drop if self.data_config.augment else {}
         valid, skipped = distributed.all_reduce_sums(
             [sum(b["size"] for b in group), sum(len(b["skipped"]) for b in group)], info)
         skipped = int(skipped)
@@ -553,11 +554,17 @@ class Trainer:
                     continue
                 inputs = {m: batch[m].to(info.device, non_blocking=True) for m in cfgm.modality_fusion if m in batch}
                 labels = batch["label"].to(info.device, non_blocking=True).float()
+                missing = {m: f.to(info.device) for m, f in (batch.get("missing") or {}).items() if m in inputs}
                 if alpha > 0:
                     rng = np.random.default_rng(derive_seed(cfg.train.seed, step, info.rank, i, 1))
-                    mixed, _ = mixup({**inputs, "label": labels}, alpha, rng)
+                    mixed, _ = mixup({**inputs, "label": labels, "missing": missing}, alpha, rng)
                     inputs = {m: mixed[m] for m in inputs}
-                    labels = mixed["label"]
+                    labels, missing = mixed["label"], mixed["missing"]
+                drop = {m: p for m, p in drop_probs.items() if m in inputs}
+                if drop and len(inputs) > 1:  # modality dropout: some clips train without one stream
+                    rng = np.random.default_rng(derive_seed(cfg.train.seed, step, info.rank, i, 3))
+                    missing = modality_dropout(missing, drop, labels.shape[0], rng)
+                inputs["missing"] = missing  # the model masks each clip's missing streams
                 torch.manual_seed(derive_seed(cfg.train.seed, step, info.rank, i, 2))  # stochastic depth, dropout
                 with self.autocast or contextlib.nullcontext():
                     out = ddp(inputs)

@@ -54,6 +54,9 @@ class MBTOutput:
     pre_logits: Tensor | dict[str, Tensor]
     tokens: Tensor
     token_slices: dict[str, slice]
+    present: dict[str, Tensor] | None = None
+    """{modality: (B,) bool}, True where the example has that stream, when the inputs flagged a stream missing for
+    some example (`inputs['missing']`); None when every example has every stream given."""
 
 
 # ---------------------------------------------------------------------------------------------------- fusion plan
@@ -149,13 +152,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.record: list[Tensor] | None = None
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
         """Attention of the tokens `x` over the keys [context ; x].
 
         Args:
           x: (B, N, D) normalised query tokens; they are also keys and values.
           context: (B, M, D) normalised tokens that serve only as keys and values, placed before `x` (as in
             Scenic's vanilla fusion). No queries, and no output, are computed for them.
+          key_mask: (B, M + N) bool, True for the keys each example attends to (a stream absent from an example is
+            masked out); None: all. Every row must keep at least one key.
         Returns: (B, N, D).
         """
         B, N, D = x.shape
@@ -170,9 +175,13 @@ class Attention(nn.Module):
             k, v = F.linear(kv_in, w_kv, b_kv).view(B, kv_in.shape[1], 2, H, hd).permute(2, 0, 3, 1, 4)
         # Dropout on the attention weights, one mask per element (Flax broadcast_dropout=False).
         p = self.attention_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, N, hd)
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, M + N)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, N, hd)
         if self.record is not None:  # the same weights as the kernel's (before any dropout)
-            self.record.append(torch.softmax((q @ k.transpose(-2, -1)).float() * hd ** -0.5, dim=-1).detach())
+            scores = (q @ k.transpose(-2, -1)).float() * hd ** -0.5
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            self.record.append(torch.softmax(scores, dim=-1).detach())
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -200,12 +209,13 @@ class EncoderBlock(nn.Module):
         keep = torch.empty((y.shape[0],) + (1,) * (y.ndim - 1), dtype=y.dtype, device=y.device)
         return y * keep.bernoulli_(1.0 - self.droplayer_p)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
         """x: (B, N, D). context: (B, M, D) un-normalised tokens attended to as keys/values only (vanilla fusion).
+        key_mask: (B, M + N) bool, the keys each example attends to (None: all).
         Returns (B, N, D): the block's output for `x`, equal to running the block on [context ; x] and keeping the
         last N outputs, at the cost of N queries instead of M + N."""
         ctx = None if context is None else self.norm1(context)
-        x = x + self._drop_path(self.drop(self.attn(self.norm1(x), ctx)))
+        x = x + self._drop_path(self.drop(self.attn(self.norm1(x), ctx, key_mask)))
         return x + self._drop_path(self.mlp(self.norm2(x)))
 
 
@@ -297,8 +307,12 @@ class MBT(nn.Module):
     Input: a dict of channels-first float tensors, one per modality in `config.modality_fusion`:
       'rgb':         (B, 3, T, H, W), frames in [-1, 1]; T = num_frames, (H, W) = image_size.
       'spectrogram': (B, C, time, mel), a standardised log-mel spectrogram; (time, mel) = spectrogram_shape.
-    Other keys (labels, flags) are ignored. At inference a configured modality may be left out (or be None): the
-    model then fuses the modalities present and the token head averages their logits.
+      'missing' (optional): {modality: (B,) bool}, True where that example lacks the stream (the dataset's flags).
+    Other keys (labels) are ignored. A configured modality may be left out (or be None): the model then fuses the
+    modalities present and the token head averages their logits. A stream flagged missing for some examples is
+    absent for those examples only: its tokens are masked out of the other streams' attention, the bottleneck
+    is the mean of the updates of the streams each example has, and the heads average (token) or pool (gap, gmp,
+    gsp) only those streams, so each example gets the logits it would get run alone without the stream.
 
     Output: `MBTOutput`.
 
@@ -376,11 +390,12 @@ class MBT(nn.Module):
         """The encoder block of `modality` at `layer` (the shared one with share_encoder)."""
         return self.encoders["shared" if self.config.share_encoder else modality][layer]
 
-    def _run(self, block: EncoderBlock, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """`block(x, context)`, checkpointed when `gradient_checkpointing` is on in training."""
+    def _run(self, block: EncoderBlock, x: Tensor, context: Tensor | None = None,
+             key_mask: Tensor | None = None) -> Tensor:
+        """`block(x, context, key_mask)`, checkpointed when `gradient_checkpointing` is on in training."""
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(block, x, context, use_reentrant=False)
-        return block(x, context)
+            return torch.utils.checkpoint.checkpoint(block, x, context, key_mask, use_reentrant=False)
+        return block(x, context, key_mask)
 
     def present_modalities(self, inputs: Mapping[str, Tensor | None]) -> list[str]:
         """Configured modalities given in `inputs`, in `modality_fusion` order."""
@@ -402,12 +417,38 @@ class MBT(nn.Module):
         """The block runs of every layer in the current mode (see `fusion_plan`)."""
         return fusion_plan(self.config, present, self.training)
 
-    def _run_block(self, run: BlockRun, layer: int, x: Tensor, context: Tensor | None) -> Tensor:
-        """One block run: (B, N, D) queries and (B, M, D) context -> (B, N, D)."""
+    def _run_block(self, run: BlockRun, layer: int, x: Tensor, context: Tensor | None,
+                   key_mask: Tensor | None = None) -> Tensor:
+        """One block run: (B, N, D) queries and (B, M, D) context -> (B, N, D); key_mask (B, M + N) or None."""
         block = self.block(run.stream, layer)
         if context is not None and self.scenic_vanilla_schedule:  # Scenic: all tokens are queries
-            return self._run(block, torch.cat([context, x], dim=1))[:, -x.shape[1]:]
-        return self._run(block, x, context)
+            return self._run(block, torch.cat([context, x], dim=1), None, key_mask)[:, -x.shape[1]:]
+        return self._run(block, x, context, key_mask)
+
+    def absent_streams(self, inputs: Mapping[str, object], present: Sequence[str], batch: int) -> dict[str, Tensor]:
+        """{modality: (B,) bool, True where that example lacks the stream}, from `inputs['missing']` (the dataset's
+        flags), for the modalities given whose flag is set for some example; {} when every example has every
+        given stream (the forward pass is then the unmasked one, bit for bit)."""
+        flags = inputs.get("missing") or {}
+        if not isinstance(flags, Mapping):
+            raise InputError(f"inputs['missing'] must map modalities to (B,) bool tensors, got {type(flags).__name__}")
+        absent = {}
+        for m in present:
+            flag = flags.get(m)
+            if flag is None:
+                continue
+            flag = torch.as_tensor(flag, dtype=torch.bool, device=self.output_projection.weight.device).reshape(-1)
+            if flag.shape[0] != batch:
+                raise InputError(f"inputs['missing'][{m!r}] has {flag.shape[0]} flags for a batch of {batch}")
+            if bool(flag.any()):
+                absent[m] = flag
+        if absent:
+            none_left = torch.stack([absent.get(m, torch.zeros_like(flag)) for m in present]).all(dim=0)
+            if bool(none_left.any()):
+                rows = none_left.nonzero().flatten().tolist()
+                raise InputError(f"example(s) {rows[:5]} of the batch lack every stream given ({list(present)}): "
+                                 "nothing to classify them from; leave them out of the batch")
+        return absent
 
     def forward(self, inputs: Mapping[str, Tensor | None]) -> MBTOutput:
         present = self.present_modalities(inputs)
@@ -416,45 +457,65 @@ class MBT(nn.Module):
         if len(set(batch_sizes.values())) != 1:
             raise InputError(f"inputs have different batch sizes: {batch_sizes}")
         n_tokens = {m: t.shape[1] for m, t in tokens.items()}
+        B = batch_sizes[present[0]]
+        absent = self.absent_streams(inputs, present, B)  # {m: (B,) bool}; {} when every example has every stream
         if self.uses_bottleneck():
-            tokens[BOTTLENECK] = self.bottleneck.expand(batch_sizes[present[0]], -1, -1)  # (B, n_b, D)
+            tokens[BOTTLENECK] = self.bottleneck.expand(B, -1, -1)  # (B, n_b, D)
 
         for step in self.fusion_plan(present):
-            updates: dict[str, list[Tensor]] = {}
+            updates: dict[str, list[tuple[str, Tensor]]] = {}
             for run in step.runs:
                 x = _join([tokens[q] for q in run.queries])  # (B, N, D)
                 context = _join([tokens[c] for c in run.context]) if run.context else None
-                out = self._run_block(run, step.layer, x, context)
+                key_mask = _key_mask(run, absent, tokens)
+                out = self._run_block(run, step.layer, x, context, key_mask)
                 for q, part in zip(run.queries, out.split([tokens[q].shape[1] for q in run.queries], dim=1)):
-                    updates.setdefault(q, []).append(part)
+                    updates.setdefault(q, []).append((run.queries[0], part))
             for q, parts in updates.items():  # the bottleneck: the mean of the modalities' updated copies
-                tokens[q] = parts[0] if len(parts) == 1 else torch.stack(parts, dim=-1).mean(dim=-1)
+                tokens[q] = _mean_of_present(parts, absent)
 
         final = self.encoder_norm(torch.cat([tokens[m] for m in present], dim=1))  # (B, N, D)
         slices, start = {}, 0
         for m in present:
             slices[m] = slice(start, start + n_tokens[m])
             start += n_tokens[m]
-        return self._head(final, slices)
+        return self._head(final, slices, absent)
 
-    def _head(self, tokens: Tensor, slices: dict[str, slice]) -> MBTOutput:
+    def _head(self, tokens: Tensor, slices: dict[str, slice], absent: Mapping[str, Tensor]) -> MBTOutput:
         cfg = self.config
+        present = None
+        if absent:
+            present = {m: ~absent[m] if m in absent else torch.ones_like(next(iter(absent.values())))
+                       for m in slices}
         if cfg.classifier == "token":
             feats = {m: tokens[:, s.start] for m, s in slices.items()}  # each modality's CLS, (B, D)
             if self.pre_logits is not None:  # one shared Dense + tanh
                 feats = {m: torch.tanh(self.pre_logits(f)) for m, f in feats.items()}
             modality_logits = {m: self.output_projection(f) for m, f in feats.items()}  # shared projection
-            logits = sum(modality_logits.values()) / len(modality_logits)
-            return MBTOutput(logits, modality_logits, feats, tokens, slices)
-        if cfg.classifier == "gap":
-            pooled = tokens.mean(dim=1)
-        elif cfg.classifier == "gmp":
-            pooled = tokens.amax(dim=1)
-        else:  # gsp
-            pooled = tokens.sum(dim=1)
+            if present is None:
+                logits = sum(modality_logits.values()) / len(modality_logits)
+            else:  # per example, the mean over the modalities it has
+                w = {m: present[m].to(tokens.dtype)[:, None] for m in modality_logits}
+                logits = sum(lg * w[m] for m, lg in modality_logits.items()) / sum(w.values())
+            return MBTOutput(logits, modality_logits, feats, tokens, slices, present)
+        if present is None:
+            if cfg.classifier == "gap":
+                pooled = tokens.mean(dim=1)
+            elif cfg.classifier == "gmp":
+                pooled = tokens.amax(dim=1)
+            else:  # gsp
+                pooled = tokens.sum(dim=1)
+        else:  # pool each example's tokens of the modalities it has
+            keep = torch.cat([present[m][:, None].expand(-1, s.stop - s.start) for m, s in slices.items()], dim=1)
+            if cfg.classifier == "gmp":
+                pooled = tokens.masked_fill(~keep[..., None], float("-inf")).amax(dim=1)
+            else:
+                pooled = (tokens * keep[..., None].to(tokens.dtype)).sum(dim=1)
+                if cfg.classifier == "gap":
+                    pooled = pooled / keep.sum(dim=1, keepdim=True).to(tokens.dtype)
         if self.pre_logits is not None:
             pooled = torch.tanh(self.pre_logits(pooled))
-        return MBTOutput(self.output_projection(pooled), None, pooled, tokens, slices)
+        return MBTOutput(self.output_projection(pooled), None, pooled, tokens, slices, present)
 
     # ------------------------------------------------------------------ model directories
     def save_pretrained(self, directory: str | Path, data_config=None) -> Path:
@@ -471,6 +532,31 @@ class MBT(nn.Module):
         check_state_dict(model.state_dict(), state, str(Path(directory) / WEIGHTS_NAME))
         model.load_state_dict(state)
         return model.to(map_location).eval()
+
+
+def _key_mask(run: BlockRun, absent: Mapping[str, Tensor], tokens: Mapping[str, Tensor]) -> Tensor | None:
+    """(B, M + N) bool over the keys [context ; queries] of a block run: False on the tokens of a modality that an
+    example lacks, except the run's own modality (a separate-weights run for an absent stream computes outputs that
+    are discarded; masking its own keys would leave it none). None when nothing is masked."""
+    owner = None if len(run.queries) > 1 and BOTTLENECK not in run.queries else run.queries[0]
+    masked = [s for s in run.context + run.queries if s in absent and s != owner]
+    if not masked:
+        return None
+    parts = [(~absent[s] if s in masked else torch.ones_like(next(iter(absent.values()))))[:, None]
+             .expand(-1, tokens[s].shape[1]) for s in run.context + run.queries]
+    return torch.cat(parts, dim=1)
+
+
+def _mean_of_present(parts: list[tuple[str, Tensor]], absent: Mapping[str, Tensor]) -> Tensor:
+    """The new value of a token set from the runs that updated it, [(the run's modality, (B, n, D))]: the output
+    itself for one run; for the bottleneck (one copy per modality) the mean over the modalities each example has."""
+    if len(parts) == 1:
+        return parts[0][1]
+    if not any(m in absent for m, _ in parts):
+        return torch.stack([p for _, p in parts], dim=-1).mean(dim=-1)
+    w = [(~absent[m] if m in absent else torch.ones_like(next(iter(absent.values())))).to(p.dtype)[:, None, None]
+         for m, p in parts]
+    return sum(p * wi for (_, p), wi in zip(parts, w)) / sum(w)
 
 
 def _join(parts: list[Tensor]) -> Tensor:
