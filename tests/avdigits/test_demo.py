@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from mbt import MBTConfig
@@ -123,10 +124,18 @@ def test_demo_tiny_runs_through_the_cli(tmp_path):
     assert f"the report is {Path('d') / 'report.md'}" in r.stdout + r.stderr
     report = (out / "report.md").read_text()
     assert "| mbt | audio+video |" in report and "| video | video |" in report and "| audio | audio |" in report
-    for name in ("accuracy.png", "missing_modality.png"):
+    for name in ("accuracy.png", "missing_modality.png", "robustness.png"):
         w, h = png_size(out / name)
         assert w > 300 and h > 200
+    assert "## Robustness of the fusion model" in report and "| audio noise 0 dB SNR |" in report
     results = json.loads((out / "results.json").read_text())["runs"]
+    # the fusion model trains with modality dropout, and its robustness rows hold its scores with a stream removed
+    run_cfg = yaml.safe_load((out / "runs" / "mbt" / "config.yaml").read_text())
+    assert run_cfg["data"]["augment"]["rgb_drop_prob"] == 0.25 == run_cfg["data"]["augment"]["spectrogram_drop_prob"]
+    robust = {r["condition"]: r["value"] for r in results["mbt"]["robustness"]}
+    assert robust["all streams"] == results["mbt"]["results"]["audio+video"]["top1"]
+    assert robust["audio removed"] == results["mbt"]["results"]["video"]["top1"]
+    assert len(robust) == 3 + 6
     assert set(results) == {"mbt", "video", "audio"}
     assert set(results["mbt"]["results"]) == {"audio+video", "audio", "video"}
     for row in results.values():

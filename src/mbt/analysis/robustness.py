@@ -38,12 +38,16 @@ def headline_metric(summary: dict[str, Any]) -> tuple[str, float]:
 def robustness(model: MBT, annotations: Annotations, data_config: DataConfig, device: torch.device,
                batch_size: int = 4, num_workers: int = 0, clips_per_forward: int = 8,
                info: distributed.DistInfo | None = None, progress: bool = True,
-               strengths: dict[tuple[str, str], Sequence[float]] | None = None) -> list[dict[str, Any]]:
+               strengths: dict[tuple[str, str], Sequence[float]] | None = None, cache: dict | None = None
+               ) -> list[dict[str, Any]]:
     """One row per condition: {'condition', 'stream', 'kind', 'strength', 'unit', 'metric', 'value', 'summary'}.
-    The decoded clips are kept in memory between conditions when there are no workers (decoding is paid once)."""
+    `strengths`: {(stream, kind): levels} (default ROBUSTNESS_STRENGTHS). The decoded clips are kept in memory
+    between conditions when there are no workers (decoding is paid once; `cache`, a VideoDataset cache, may bring
+    clips decoded before)."""
     strengths = ROBUSTNESS_STRENGTHS if strengths is None else strengths
     full = tuple(model.config.modality_fusion)
-    cache: dict | None = {} if num_workers == 0 else None
+    if cache is None and num_workers == 0:
+        cache = {}
     conditions: list[tuple[str, ...] | None] = [None] + ([tuple(o for o in full if o != m) for m in full]
                                                          if len(full) > 1 else [])
     scored = evaluate_conditions(model, annotations, data_config, device, conditions, "test", batch_size,

@@ -1,0 +1,168 @@
+"""The robustness benchmark: does a fusion model trained with modality dropout keep the single-stream scores when a
+stream is missing, without losing its two-stream score?
+
+On AV-Digits `same` at the `mbt demo` budget it trains, for each seed, the demo's fusion model (`mbt`), the same
+model with modality dropout (`mbt-robust`: data.augment.rgb_drop_prob and spectrogram_drop_prob), and the two
+single-modality models (`video`, `audio`), then scores every test clip with both streams and with each stream
+removed. The targets (issue: robustness) are checked per seed and on the means:
+
+  1. with one stream removed, mbt-robust >= the single-modality model of the remaining stream - 1 point;
+  2. with both streams, mbt-robust >= mbt - 1 point.
+
+    python -m mbt.avdigits.robust --out docs/results/robustness --seeds 0 1 2     # the committed results
+    python -m mbt.avdigits.robust --out /tmp/r --quick                            # a smoke run (a minute)
+
+(`python benchmarks/robustness_study.py` runs the same.) Finished runs are reused (<out>/runs/*/row.json); several
+invocations may share --out (one per core, e.g. one per seed), and `--report-only` writes the table from all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import generator as avdigits
+from .demo import (DEMO_MODEL, MODALITY_DROPOUT, TINY_MODEL, avdigits_run_config, machine, spectrogram_stats,
+                   train_and_evaluate)
+
+MODELS = {  # name -> (model changes, augment changes)
+    "mbt": ({}, {}),
+    "mbt-robust": ({}, None),  # None: the modality dropout of --drop-prob (the demo's fusion model)
+    "video": ({"modality_fusion": ["rgb"]}, {}),
+    "audio": ({"modality_fusion": ["spectrogram"]}, {}),
+}
+CONDITIONS = ("audio+video", "video", "audio")  # both streams, audio removed, video removed
+
+
+def run_config(data_dir: Path, run_dir: Path, name: str, model: dict, epochs: float, seed: int,
+               stats: tuple[float, float], drop_prob: float):
+    """The demo's run config for one model of the benchmark (mbt-robust: with modality dropout)."""
+    change, augment = MODELS[name]
+    cfg = avdigits_run_config(data_dir, run_dir, model={**model, **change}, epochs=epochs, seed=seed,
+                              spec_stats=stats, progress=False)
+    if augment is None:
+        cfg.data["augment"].update(rgb_drop_prob=drop_prob, spectrogram_drop_prob=drop_prob)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="docs/results/robustness")
+    p.add_argument("--data-dir", default="avdigits-study-data/same", help="AV-Digits `same` (made if missing)")
+    p.add_argument("--train-clips", type=int, default=3000)
+    p.add_argument("--test-clips", type=int, default=1000)
+    p.add_argument("--epochs", type=float, default=20)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--drop-prob", type=float, default=MODALITY_DROPOUT["rgb_drop_prob"],
+                   help="mbt-robust: each stream's dropout probability (default: 0.25, so half the clips train "
+                        "with one stream)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--quick", action="store_true", help="tiny model, 200 clips, 1 epoch: checks the script only")
+    p.add_argument("--report-only", action="store_true", help="no training: the report from the finished runs")
+    args = p.parse_args(argv)
+    model = TINY_MODEL if args.quick else DEMO_MODEL
+    if args.quick:
+        args.train_clips, args.test_clips, args.epochs = 200, 100, 1
+    out = Path(args.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if not args.report_only:
+        data_dir = Path(args.data_dir)
+        avdigits.generate(avdigits.AVDigitsConfig(mode="same", train_clips=args.train_clips,
+                                                  test_clips=args.test_clips), data_dir)
+        stats = spectrogram_stats(data_dir, model, progress=False)
+        cache: dict = {}
+        for seed in args.seeds:
+            for name in args.models:
+                run_dir = out / "runs" / f"{name}-seed{seed}"
+                if (run_dir / "row.json").is_file():
+                    continue
+                if run_dir.exists():
+                    shutil.rmtree(run_dir)
+                print(f"== {name} seed {seed}", flush=True)
+                cfg = run_config(data_dir, run_dir, name, model, args.epochs, seed, stats, args.drop_prob)
+                row = train_and_evaluate(cfg, cache, progress=False)
+                row.update(name=name, seed=seed, epochs=args.epochs, train_clips=args.train_clips,
+                           test_clips=args.test_clips, drop_prob=args.drop_prob if name == "mbt-robust" else 0.0)
+                (run_dir / "row.json").write_text(json.dumps(row, indent=2) + "\n")
+                for f in list(run_dir.rglob("*.safetensors")) + list((run_dir / "checkpoints").glob("*.pt")):
+                    f.unlink()  # the table needs the scores, not the weights
+    rows = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/row.json"))]
+    if not rows:
+        print(f"no finished runs in {out / 'runs'}", file=sys.stderr)
+        return 1
+    report(out, rows, model, time.perf_counter() - t0)
+    return 0
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def score(rows: list[dict], name: str, condition: str, seed: int | None = None) -> list[float]:
+    return [r["results"][condition]["top1"] for r in rows if r["name"] == name and condition in r["results"]
+            and (seed is None or r["seed"] == seed)]
+
+
+def targets(rows: list[dict]) -> list[dict[str, Any]]:
+    """The two targets, per seed and on the means: {'target', 'seed', 'robust', 'reference', 'margin', 'holds'}."""
+    checks = [("video only: mbt-robust >= video model - 1", "video", "video", "video"),
+              ("audio only: mbt-robust >= audio model - 1", "audio", "audio", "audio"),
+              ("both streams: mbt-robust >= mbt - 1", "audio+video", "mbt", "audio+video")]
+    seeds = sorted({r["seed"] for r in rows if r["name"] == "mbt-robust"})
+    out = []
+    for text, condition, ref_name, ref_condition in checks:
+        for seed in seeds + [None]:
+            robust, ref = score(rows, "mbt-robust", condition, seed), score(rows, ref_name, ref_condition, seed)
+            if not robust or not ref:
+                continue
+            a, b = statistics.mean(robust), statistics.mean(ref)
+            out.append({"target": text, "seed": "mean" if seed is None else seed, "robust": a, "reference": b,
+                        "margin": a - b, "holds": a >= b - 0.01 - 1e-9})
+    return out
+
+
+def report(out: Path, rows: list[dict], model: dict, seconds: float) -> Path:
+    seeds = sorted({r["seed"] for r in rows})
+    drop = sorted({r["drop_prob"] for r in rows if r["name"] == "mbt-robust"})
+    budgets = sorted({(r["epochs"], r["train_clips"], r["test_clips"]) for r in rows})
+    lines = ["# Robustness to a missing stream: modality dropout on AV-Digits", "",
+             f"Command: `python -m mbt.avdigits.robust {shlex.join(sys.argv[1:])}`", "",
+             f"Machine: {machine()}; {seconds / 60:.0f} min in this invocation (finished runs are reused); "
+             f"{sum(r['train_seconds'] for r in rows) / 60:.0f} min of training over the {len(rows)} runs.", "",
+             f"Budget (epochs, train clips, test clips): {budgets}; the `mbt demo` model and recipe (from scratch, "
+             f"{model['num_layers']} layers of width {model['hidden_size']}, bottleneck fusion from layer "
+             f"{model['fusion_layer']}). `mbt-robust` is the same with modality dropout p = {drop} per stream "
+             "(data.augment.rgb_drop_prob = spectrogram_drop_prob; at most one stream per clip). Seeds: "
+             f"{', '.join(map(str, seeds))}; cells are mean ± standard deviation over seeds (test top-1 %).", "",
+             "| model | audio+video | video only (audio removed) | audio only (video removed) | seeds |",
+             "|---|---:|---:|---:|---:|"]
+    for name in MODELS:
+        if any(r["name"] == name for r in rows):
+            lines.append(f"| {name} | " + " | ".join(_cell(score(rows, name, c)) for c in CONDITIONS)
+                         + f" | {len({r['seed'] for r in rows if r['name'] == name})} |")
+    checks = targets(rows)
+    lines += ["", "## Targets", "", "| target | seed | mbt-robust | reference | margin (points) | holds |",
+              "|---|---|---:|---:|---:|---|"]
+    lines += [f"| {c['target']} | {c['seed']} | {100 * c['robust']:.1f} | {100 * c['reference']:.1f} | "
+              f"{100 * c['margin']:+.1f} | {'yes' if c['holds'] else 'no'} |" for c in checks]
+    (out / "results.json").write_text(json.dumps({"model": model, "rows": rows, "targets": checks}, indent=2) + "\n")
+    path = out / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
