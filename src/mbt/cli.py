@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .errors import ConfigError, MBTError, MissingFileError
+from .errors import ConfigError, InputError, MBTError, MissingFileError
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -153,6 +154,9 @@ def _run_stats(args: argparse.Namespace) -> int:
     print(f"mean {stats.mean:.6f}  std {stats.std:.6f}  ({stats.num_clips} clips, {stats.num_values} values, "
           f"front end {args.front_end})")
     if args.write_config:
+        if not (math.isfinite(stats.mean) and math.isfinite(stats.std) and stats.std > 0):
+            raise InputError(f"the statistics are not usable (mean {stats.mean}, std {stats.std}); nothing was "
+                             f"written to {args.write_config}")
         config = dataclasses.replace(config, front_end=dataclasses.replace(front_end, mean=stats.mean,
                                                                            std=stats.std))
         config.save_file(args.write_config)

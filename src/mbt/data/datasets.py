@@ -172,7 +172,7 @@ class VideoDataset(Dataset):
                             else torch.zeros(cfg.window_samples()))
                     if bad and o_spec is not None:
                         wave = bad.waveform(wave, index, clip)
-                    spec.append(self._features(wave, rng))
+                    spec.append(self._features(wave, rng, record.path))
         sample: dict[str, Any] = {}
         stack = (lambda xs: torch.stack(xs)) if self.split == "test" else (lambda xs: xs[0])
         if rgb:
@@ -213,8 +213,11 @@ class VideoDataset(Dataset):
             wave = np.take(at(0, period), np.arange(s0, s0 + need) % period)
         return torch.from_numpy(wave)
 
-    def _features(self, wave: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
+    def _features(self, wave: torch.Tensor, rng: np.random.Generator | None, path: str | Path) -> torch.Tensor:
         spec = self.front_end(wave)  # (1, time, mel), normalised
+        if not bool(torch.isfinite(spec).all()):  # finite samples whose power overflows (|x| ~ 1e17 and more)
+            raise MediaError(path, f"the audio gives non-finite spectrogram features (samples up to "
+                                   f"{float(wave.abs().max()):.3g}; audio is expected in [-1, 1])")
         a = self.config.augment
         if self.split == "train" and a is not None:
             g = torch.Generator().manual_seed(int(rng.integers(2**62)))

@@ -31,6 +31,17 @@ END_TOLERANCE = 0.1  # seconds
 STREAM_LENGTH_SLACK = 2.0  # seconds
 # Times further apart than this are fetched with separate seeks rather than by decoding through the gap.
 SEEK_GAP = 2.0  # seconds
+# Decoded audio whose timestamp is further than this from where the samples so far end is placed by its timestamp
+# (a gap becomes silence, an overlap is dropped); smaller differences are timestamp rounding.
+GAP_TOLERANCE = 0.01  # seconds
+# Larger jumps of the audio timestamps are discontinuities (streams joined end to end), not gaps or overlaps: the
+# samples continue where the previous ones end (FFmpeg's dts_delta_threshold is 10 s for such formats).
+MAX_GAP = 10.0  # seconds
+MAX_OVERLAP = 0.5  # seconds
+# Packets the audio decoder may reject right after a seek before the first frame decodes (a seek into the middle
+# of a frame in streams without frame-aligned packets, such as MPEG-PS); after more, the audio is decoded from the
+# file's start instead. A rejected packet after the first decoded frame is damage.
+MAX_REJECTED_AFTER_SEEK = 16
 
 
 @dataclass(frozen=True)
@@ -393,46 +404,25 @@ class MediaReader:
         # Seek by the audio stream itself (a seek without a stream follows the video, whose start may differ),
         # half a second early: the decoder needs the previous frame's overlap, and near the start the codec's
         # priming packet (before time 0, which a seek to exactly 0 would skip: `_seek` then reopens the file).
-        self._seek(a, start - 0.5)
-        a = self._audio
-        resampler = _mono_resampler(sample_rate)
-        chunks: list[np.ndarray] = []
-        first_t: float | None = None
-        have = 0
-
-        def take(frames) -> None:
-            nonlocal first_t, have
-            for f in frames:
-                if first_t is None:
-                    first_t = float(f.pts * f.time_base) - self.t0 if f.pts is not None else self.info.audio.start
-                arr = f.to_ndarray().reshape(-1)
-                chunks.append(arr)
-                have += arr.size
-
+        from_start = self._seek(a, start - 0.5)
         try:
-            for frame in self.container.decode(a):
-                try:
-                    out = resampler.resample(frame)
-                except ValueError:  # the stream changed rate or layout part-way: flush, and start a new resampler
-                    take(resampler.resample(None))
-                    resampler = _mono_resampler(sample_rate)
-                    out = resampler.resample(frame)
-                take(out)
-                if first_t is not None and first_t + have / sample_rate >= end + 0.05:
-                    break
-            else:
-                take(resampler.resample(None))  # flush at the end of the stream
-        except av.error.FFmpegError as e:
-            raise MediaError(self.path, f"audio decoding failed ({_reason(e)})") from None
-        finally:
-            # Free the resampler (and its filter-graph threads) now, not when an exception traceback that holds
-            # this frame is collected: collected in a forked DataLoader worker, it would deadlock.
-            resampler = None  # noqa: F841
+            first_t, chunks = self._decode_audio(end, sample_rate)
+        except _LostSync:
+            # The demuxer lost the packet framing at the seek point (MPEG-PS audio, whose packets do not start on
+            # frame boundaries, may not find it again): decode from the file's start instead.
+            if not from_start:
+                self._rewind()
+            try:
+                first_t, chunks = (None, []) if from_start else self._decode_audio(end, sample_rate)
+            except _LostSync:
+                first_t = None
+            if first_t is None:
+                raise MediaError(self.path, "audio decoding failed (the decoder rejects every packet)") from None
         if first_t is None:
             raise MediaError(self.path, "the audio stream has no decodable samples")
         samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
         i0 = int(round((start - first_t) * sample_rate))
-        lead = max(0, -i0)
+        lead = min(max(0, -i0), n)  # silence before the first sample (all of it when the window ends before)
         got = samples[max(i0, 0): max(i0, 0) + n - lead]
         tail = n - lead - got.size
         # Before the stream's declared start there is no audio: silence. Data that starts later than declared is
@@ -453,6 +443,78 @@ class MediaReader:
                                         f"{start:.2f}-{end:.2f} s, the first at {at:.2f} s")
         return np.ascontiguousarray(got, dtype=np.float32)
 
+    def _decode_audio(self, end: float, sample_rate: int) -> tuple[float | None, list[np.ndarray]]:
+        """Decode the audio stream from where the demuxer is until `end` (+50 ms), resampled to mono float at
+        `sample_rate`: (time of the first sample, chunks of samples placed by their timestamps). Raises _LostSync
+        when the decoder rejects MAX_REJECTED_AFTER_SEEK packets before a first frame, MediaError on damage."""
+        a = self._audio
+        resampler = _mono_resampler(sample_rate)
+        chunks: list[np.ndarray] = []
+        first_t: float | None = None
+        have = 0
+        slack = int(GAP_TOLERANCE * sample_rate)
+
+        rebase = 0  # samples added to timestamp positions after a discontinuity
+
+        def take(frames) -> None:
+            """Append resampled frames where their timestamps put them: a gap in the timestamps (a stream with a
+            pause, or packets lost to damage) is silence, a small overlap is dropped. A jump back by more than
+            MAX_OVERLAP or forward by more than MAX_GAP is a discontinuity (streams joined end to end, as in
+            concatenated MPEG-TS): the samples continue where the previous ones end, as FFmpeg continues them."""
+            nonlocal first_t, have, rebase
+            for f in frames:
+                t = float(f.pts * f.time_base) - self.t0 if f.pts is not None else None
+                if first_t is None:
+                    first_t = t if t is not None else self.info.audio.start
+                arr = f.to_ndarray().reshape(-1)
+                if t is not None:
+                    at = int(round((t - first_t) * sample_rate)) + rebase
+                    jump = at - have
+                    if jump < -MAX_OVERLAP * sample_rate or jump > MAX_GAP * sample_rate:
+                        rebase -= jump  # a discontinuity: continue from here
+                    elif jump > slack:
+                        chunks.append(np.zeros(jump, np.float32))
+                        have = at
+                    elif jump < -slack:
+                        arr = arr[-jump:]
+                chunks.append(arr)
+                have += arr.size
+
+        rejected = 0
+        try:
+            for packet in self.container.demux(a):
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    # A seek can land inside a frame of a stream whose packets are not frame-aligned (MPEG-PS
+                    # audio): the decoder rejects pieces until it finds a frame again, as FFmpeg does ("Header
+                    # missing"). Before the first decoded frame that is expected; after it, it is damage.
+                    if first_t is not None:
+                        raise
+                    rejected += 1
+                    if rejected > MAX_REJECTED_AFTER_SEEK:
+                        raise _LostSync() from None
+                    continue
+                for frame in frames:
+                    try:
+                        out = resampler.resample(frame)
+                    except ValueError:  # the stream changed rate or layout part-way: flush, start a new resampler
+                        take(resampler.resample(None))
+                        resampler = _mono_resampler(sample_rate)
+                        out = resampler.resample(frame)
+                    take(out)
+                if first_t is not None and first_t + have / sample_rate >= end + 0.05:
+                    break
+            else:
+                take(resampler.resample(None))  # flush at the end of the stream
+        except av.error.FFmpegError as e:
+            raise MediaError(self.path, f"audio decoding failed ({_reason(e)})") from None
+        finally:
+            # Free the resampler (and its filter-graph threads) now, not when an exception traceback that holds
+            # this frame is collected: collected in a forked DataLoader worker, it would deadlock.
+            resampler = None  # noqa: F841
+        return first_t, chunks
+
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         self.container.close()
@@ -462,6 +524,10 @@ class MediaReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _LostSync(Exception):
+    """The audio decoder rejected every packet after a seek (see `MediaReader._decode_audio`)."""
 
 
 def _mono_resampler(sample_rate: int) -> av.AudioResampler:
