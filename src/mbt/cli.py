@@ -422,10 +422,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", formatter_class=_Formatter, help="see MBT work in minutes on a CPU: AV-Digits, 3 models, a report",
         description=(
-            "Generate AV-Digits (if not there yet), train on the CPU a small MBT with bottleneck mid fusion and "
-            "the two single-modality baselines from the same recipe, evaluate them (the fusion model also with "
-            "one stream removed) and write report.md with a results table and plots. About 10 minutes on 2 "
-            "cores; run again to reuse finished parts."),
+            "Generate AV-Digits (if not there yet), train on the CPU a video-only and an audio-only model, then a "
+            "small MBT with bottleneck mid fusion whose streams start from them (fine-tuned with modality "
+            "dropout), evaluate them (the fusion model also with a stream removed or corrupted) and write "
+            "report.md with a results table and plots. About 10 to 15 minutes on 2 cores; run again to reuse "
+            "finished parts."),
         epilog="examples:\n  mbt demo\n  mbt demo --out my-demo --epochs 30\n")
     p.add_argument("--out", default="mbt-demo", help="output folder (default: mbt-demo)")
     p.add_argument("--train-clips", type=int, default=3000, help="default: 3000")

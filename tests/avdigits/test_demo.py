@@ -129,9 +129,13 @@ def test_demo_tiny_runs_through_the_cli(tmp_path):
         assert w > 300 and h > 200
     assert "## Robustness of the fusion model" in report and "| audio noise 0 dB SNR |" in report
     results = json.loads((out / "results.json").read_text())["runs"]
-    # the fusion model trains with modality dropout, and its robustness rows hold its scores with a stream removed
+    # the fusion model starts from the two single-modality models and is fine-tuned with modality dropout; its
+    # robustness rows hold its scores with a stream removed
     run_cfg = yaml.safe_load((out / "runs" / "mbt" / "config.yaml").read_text())
     assert run_cfg["data"]["augment"]["rgb_drop_prob"] == 0.25 == run_cfg["data"]["augment"]["spectrogram_drop_prob"]
+    assert run_cfg["init"]["rgb"] == str(Path("d") / "runs" / "video" / "model")
+    assert run_cfg["init"]["spectrogram"] == str(Path("d") / "runs" / "audio" / "model")
+    assert run_cfg["optim"]["epochs"] == 0.25 and "starts from a pretrained encoder" in report
     robust = {r["condition"]: r["value"] for r in results["mbt"]["robustness"]}
     assert robust["all streams"] == results["mbt"]["results"]["audio+video"]["top1"]
     assert robust["audio removed"] == results["mbt"]["results"]["video"]["top1"]

@@ -1,11 +1,13 @@
 """`mbt demo`: generate AV-Digits, train a small MBT and its single-modality baselines on the CPU, report.
 
 The three models come from one run config (`avdigits_run_config`) and differ only in `modality_fusion`:
-  mbt    bottleneck fusion from layer L/2 (mid fusion), audio + video;
-  video  the rgb stream alone;
-  audio  the spectrogram stream alone.
+  video  the rgb stream alone, from scratch;
+  audio  the spectrogram stream alone, from scratch;
+  mbt    bottleneck fusion from layer L/2 (mid fusion), audio + video, in the paper's regime: each stream starts
+         from the `video` and `audio` models and the whole is fine-tuned for a quarter of their epochs, with
+         modality dropout (a quarter of the clips without frames, a quarter without audio).
 Each is evaluated on the test split; the fusion model also with one modality removed at test time (scored with
-the stream it still has, as `mbt eval` does for files without audio). Every test clip is decoded and loaded once:
+the stream it still has, as `mbt eval` does for files without audio) and with noise on each stream. Every test clip is decoded and loaded once:
 the conditions are scored from the same batch (`mbt.engine.evaluate_conditions`). The report (report.md,
 accuracy.png, missing_modality.png, results.json) goes to the output folder. The same helpers drive the study
 (`mbt.avdigits.study`).
@@ -35,6 +37,7 @@ from ..engine.config import RunConfig, task_of
 from ..progress import progress_bar
 from ..engine.evaluate import evaluate_conditions, write_results
 from ..engine.trainer import EVAL_DIR, train
+from ..errors import AVDigitsError
 from ..models.config import STREAM
 from . import generator as avdigits
 
@@ -50,15 +53,18 @@ DEMO_MODEL: dict[str, Any] = dict(
 # Small enough for a test to train it in seconds.
 TINY_MODEL: dict[str, Any] = dict(DEMO_MODEL, hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, fusion_layer=1)
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "mbt": {},
+VARIANTS: dict[str, dict[str, Any]] = {  # in training order: the fusion model starts from the other two
     "video": {"modality_fusion": ["rgb"]},
     "audio": {"modality_fusion": ["spectrogram"]},
+    "mbt": {},
 }
 # The demo's fusion model trains for a missing stream: a quarter of the clips without their frames, a quarter without
 # their audio (modality dropout, data.augment), so that it keeps working on a video without sound.
 MODALITY_DROPOUT: dict[str, float] = {"rgb_drop_prob": 0.25, "spectrogram_drop_prob": 0.25}
 VARIANT_AUGMENT: dict[str, dict[str, float]] = {"mbt": MODALITY_DROPOUT}
+# The fusion model is fine-tuned from the single-modality models for this share of their epochs.
+FINETUNE_SHARE = 0.25
+UNIMODAL_RUNS = {"rgb": "video", "spectrogram": "audio"}
 # The corruptions of the demo's robustness table (mbt eval --robustness has more), mild to severe.
 DEMO_CORRUPTIONS = {("audio", "noise"): (20.0, 10.0, 0.0), ("video", "noise"): (0.2, 0.5, 1.0)}
 
@@ -188,13 +194,22 @@ def run_demo(out: str | Path = "mbt-demo", train_clips: int = 3000, test_clips: 
         run_dir = out / "runs" / name
         say(f"[{k}/5] training {name!r} ({'+'.join(change.get('modality_fusion', model['modality_fusion']))}) "
             f"into {run_dir}")
-        cfg = avdigits_run_config(out / "data", run_dir, model={**model, **change}, epochs=epochs, seed=seed,
-                                  spec_stats=stats, progress=progress)
+        fusion = len(change.get("modality_fusion", model["modality_fusion"])) > 1
+        cfg = avdigits_run_config(out / "data", run_dir, model={**model, **change},
+                                  epochs=epochs * FINETUNE_SHARE if fusion else epochs, seed=seed, spec_stats=stats,
+                                  progress=progress)
         cfg.data["augment"].update(VARIANT_AUGMENT.get(name, {}))
+        if fusion:  # each stream from its single-modality model (mbt train --init-from)
+            for m, source in UNIMODAL_RUNS.items():
+                setattr(cfg.init, m, str(out / "runs" / source / "model"))
+                if not (out / "runs" / source / "model" / "model.safetensors").is_file():
+                    raise AVDigitsError(f"{out / 'runs' / source / 'model'}: the {source} model the fusion model "
+                                        "starts from is missing; delete that run folder and run mbt demo again")
         key = json.dumps({"data": data_cfg.to_dict(), "run": cfg.to_dict()}, sort_keys=True)
         row_file = run_dir / "demo_row.json"
         if run_dir.exists():  # a finished run of the same settings is reused; anything else is redone
-            if row_file.is_file() and json.loads(row_file.read_text()).get("key") == key:
+            # (the fusion model is redone when a model it starts from was trained again)
+            if row_file.is_file() and json.loads(row_file.read_text()).get("key") == key and not (fusion and trained):
                 rows[name] = json.loads(row_file.read_text())
                 say(f"      reusing the finished run in {run_dir}")
                 continue
@@ -207,7 +222,7 @@ def run_demo(out: str | Path = "mbt-demo", train_clips: int = 3000, test_clips: 
                                        spec_stats=stats)  # the fusion model's inputs: frames and audio
             decode_seconds = decode_into_memory(both, cache, progress)
         rows[name] = {**train_and_evaluate(cfg, cache, progress=progress), "key": key}
-        if len(change.get("modality_fusion", model["modality_fusion"])) > 1:
+        if fusion:
             say("      robustness: each stream removed, and noise on each at three strengths")
             fused, data_config = load_pretrained(rows[name]["model_dir"])
             test = read_annotations(cfg.dataset.test.annotations, labels=list(fused.config.label_names))
@@ -273,9 +288,10 @@ def write_report(out: Path, rows: dict[str, dict[str, Any]], meta: dict[str, Any
     acc = {name: {c: r["results"].get(c, {}).get("top1") for c in conditions} for name, r in rows.items()}
     full = {name: r["results"][r["modalities"]]["top1"] for name, r in rows.items()}
 
-    names = list(rows)
+    names = [n for n in ("mbt", "video", "audio") if n in rows] + [n for n in rows if n not in ("mbt", "video", "audio")]
+    palette = {"mbt": "#4C72B0", "video": "#55A868", "audio": "#C44E52"}
     _bar_plot(out / "accuracy.png", names, [100 * full[n] for n in names],
-              ["#4C72B0", "#55A868", "#C44E52"][: len(names)], "AV-Digits (same): accuracy per model", (5, 3.2))
+              [palette.get(n, "grey") for n in names], "AV-Digits (same): accuracy per model", (5, 3.2))
     labels, values, colours = [], [], []
     for name, colour in (("mbt", "#4C72B0"), ("video", "#55A868"), ("audio", "#C44E52")):
         for c in conditions:
@@ -300,17 +316,20 @@ def write_report(out: Path, rows: dict[str, dict[str, Any]], meta: dict[str, Any
         + f"), and the same digit spoken by eSpeak NG in noise and babble at {d['snr_db'][0]:g} to "
         f"{d['snr_db'][1]:g} dB SNR. Test clips use digit images and voices never seen in training.",
         "",
-        f"Models: MBT with {m['num_layers']} layers of width {m['hidden_size']}, trained from scratch for "
-        f"{meta['epochs']} epochs with the same recipe; `mbt` fuses audio and video through "
-        f"{m['n_bottlenecks']} bottleneck tokens from layer {m['fusion_layer']}, with modality dropout; `video` and "
-        "`audio` are the single-modality baselines (the same model with one stream).",
+        f"Models: MBT with {m['num_layers']} layers of width {m['hidden_size']}, the same recipe for all. `video` "
+        f"and `audio` are single-modality models trained from scratch for {meta['epochs']:g} epochs. `mbt` fuses "
+        f"audio and video through {m['n_bottlenecks']} bottleneck tokens from layer {m['fusion_layer']}; as in the "
+        "paper, each stream starts from a pretrained encoder (here the `video` and `audio` models, `mbt train "
+        f"--init-from`), and it is fine-tuned for {meta['epochs'] * FINETUNE_SHARE:g} epochs with modality dropout "
+        "(a quarter of the clips without frames, a quarter without audio).",
         "",
         "## Test accuracy (top-1, %)",
         "",
         "| model | streams | audio+video | video only | audio only | GFLOPs | params | train time |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r in rows.items():
+    for name in names:
+        r = rows[name]
         lines.append(f"| {name} | {r['modalities']} | {_pct(acc[name]['audio+video'])} | {_pct(acc[name]['video'])} "
                      f"| {_pct(acc[name]['audio'])} | {r['gflops']:.3f} | {r['params'] / 1e6:.2f} M "
                      f"| {r['train_seconds'] / 60:.1f} min |")
@@ -325,7 +344,7 @@ def write_report(out: Path, rows: dict[str, dict[str, Any]], meta: dict[str, Any
     if robust:
         write_robustness(robust, out, title="mbt (AV-Digits): streams removed and corrupted")
         lines += ["## Robustness of the fusion model", "",
-                  "`mbt` was trained with modality dropout (a quarter of the clips without their frames, a quarter "
+                  "`mbt` was fine-tuned with modality dropout (a quarter of the clips without their frames, a quarter "
                   "without their audio), so that a clip with a missing stream is not new to it. Test top-1 with each "
                   "stream removed, and with noise on one stream (audio: white noise at an SNR; video: Gaussian noise "
                   "on the frames in [-1, 1]):", "", format_table(robust), "",

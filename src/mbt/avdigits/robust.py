@@ -32,24 +32,37 @@ from . import generator as avdigits
 from .demo import (DEMO_MODEL, MODALITY_DROPOUT, TINY_MODEL, avdigits_run_config, machine, spectrogram_stats,
                    train_and_evaluate)
 
-MODELS = {  # name -> (model changes, augment changes)
-    "mbt": ({}, {}),
-    "mbt-robust": ({}, None),  # None: the modality dropout of --drop-prob (the demo's fusion model)
+MODELS = {  # name -> (model changes, augment changes); the order in which they are trained
     "video": ({"modality_fusion": ["rgb"]}, {}),
     "audio": ({"modality_fusion": ["spectrogram"]}, {}),
+    "mbt": ({}, {}),
+    "mbt-robust": ({}, None),  # None: the modality dropout of --drop-prob
+    # the paper's regime: each stream from the seed's single-modality model, fine-tuned with modality dropout
+    "mbt-robust-init": ({}, None),
 }
+UNIMODAL = {"rgb": "video", "spectrogram": "audio"}
 CONDITIONS = ("audio+video", "video", "audio")  # both streams, audio removed, video removed
 
 
 def run_config(data_dir: Path, run_dir: Path, name: str, model: dict, epochs: float, seed: int,
-               stats: tuple[float, float], drop_prob: float):
-    """The demo's run config for one model of the benchmark (mbt-robust: with modality dropout)."""
+               stats: tuple[float, float], drop_prob: float, init_epochs: float = 5.0):
+    """The demo's run config for one model of the benchmark (mbt-robust: with modality dropout; mbt-robust-init:
+    also each stream from the same seed's single-modality model, for `init_epochs`)."""
     change, augment = MODELS[name]
-    cfg = avdigits_run_config(data_dir, run_dir, model={**model, **change}, epochs=epochs, seed=seed,
+    cfg = avdigits_run_config(data_dir, run_dir, model={**model, **change},
+                              epochs=init_epochs if name == "mbt-robust-init" else epochs, seed=seed,
                               spec_stats=stats, progress=False)
     if augment is None:
         cfg.data["augment"].update(rgb_drop_prob=drop_prob, spectrogram_drop_prob=drop_prob)
+    if name == "mbt-robust-init":
+        runs = run_dir.parent
+        for m, source in UNIMODAL.items():
+            setattr(cfg.init, m, str(runs / f"{source}-seed{seed}" / "model"))
     return cfg
+
+
+def _weights_kept(run_dir: Path) -> bool:
+    return (run_dir / "model" / "model.safetensors").is_file()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="mbt-robust: each stream's dropout probability (default: 0.25, so half the clips train "
                         "with one stream)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--init-epochs", type=float, default=5.0,
+                   help="mbt-robust-init: epochs of fine-tuning from the single-modality models (default: 5)")
     p.add_argument("--quick", action="store_true", help="tiny model, 200 clips, 1 epoch: checks the script only")
     p.add_argument("--report-only", action="store_true", help="no training: the report from the finished runs")
     args = p.parse_args(argv)
@@ -80,20 +95,33 @@ def main(argv: list[str] | None = None) -> int:
         stats = spectrogram_stats(data_dir, model, progress=False)
         cache: dict = {}
         for seed in args.seeds:
-            for name in args.models:
+            needs_init = "mbt-robust-init" in args.models and not (
+                out / "runs" / f"mbt-robust-init-seed{seed}" / "row.json").is_file()
+            for name in [n for n in MODELS if n in args.models or (needs_init and n in UNIMODAL.values())]:
                 run_dir = out / "runs" / f"{name}-seed{seed}"
-                if (run_dir / "row.json").is_file():
-                    continue
+                done = (run_dir / "row.json").is_file()
+                if done and not (needs_init and name in UNIMODAL.values() and not _weights_kept(run_dir)):
+                    continue  # finished (a single-modality model that must start mbt-robust-init keeps its weights)
                 if run_dir.exists():
                     shutil.rmtree(run_dir)
                 print(f"== {name} seed {seed}", flush=True)
-                cfg = run_config(data_dir, run_dir, name, model, args.epochs, seed, stats, args.drop_prob)
+                cfg = run_config(data_dir, run_dir, name, model, args.epochs, seed, stats, args.drop_prob,
+                                 args.init_epochs)
                 row = train_and_evaluate(cfg, cache, progress=False)
-                row.update(name=name, seed=seed, epochs=args.epochs, train_clips=args.train_clips,
-                           test_clips=args.test_clips, drop_prob=args.drop_prob if name == "mbt-robust" else 0.0)
+                row.update(name=name, seed=seed, epochs=float(cfg.optim.epochs), train_clips=args.train_clips,
+                           test_clips=args.test_clips,
+                           drop_prob=args.drop_prob if name.startswith("mbt-robust") else 0.0,
+                           init={m: getattr(cfg.init, m) for m in UNIMODAL if getattr(cfg.init, m)})
                 (run_dir / "row.json").write_text(json.dumps(row, indent=2) + "\n")
-                for f in list(run_dir.rglob("*.safetensors")) + list((run_dir / "checkpoints").glob("*.pt")):
-                    f.unlink()  # the table needs the scores, not the weights
+                for f in (run_dir / "checkpoints").glob("*.pt"):
+                    f.unlink()  # the table needs the scores, not the checkpoints
+                if name not in UNIMODAL.values():
+                    for f in run_dir.rglob("*.safetensors"):
+                        f.unlink()
+            if needs_init:  # the single-modality weights have served
+                for source in UNIMODAL.values():
+                    for f in (out / "runs" / f"{source}-seed{seed}").rglob("*.safetensors"):
+                        f.unlink()
     rows = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/row.json"))]
     if not rows:
         print(f"no finished runs in {out / 'runs'}", file=sys.stderr)
@@ -116,27 +144,31 @@ def score(rows: list[dict], name: str, condition: str, seed: int | None = None) 
 
 
 def targets(rows: list[dict]) -> list[dict[str, Any]]:
-    """The two targets, per seed and on the means: {'target', 'seed', 'robust', 'reference', 'margin', 'holds'}."""
-    checks = [("video only: mbt-robust >= video model - 1", "video", "video", "video"),
-              ("audio only: mbt-robust >= audio model - 1", "audio", "audio", "audio"),
-              ("both streams: mbt-robust >= mbt - 1", "audio+video", "mbt", "audio+video")]
-    seeds = sorted({r["seed"] for r in rows if r["name"] == "mbt-robust"})
+    """The two targets for each robust model, per seed and on the means (over the seeds both models have):
+    {'model', 'target', 'seed', 'robust', 'reference', 'margin', 'holds'}."""
+    checks = [("video only >= video model - 1", "video", "video", "video"),
+              ("audio only >= audio model - 1", "audio", "audio", "audio"),
+              ("both streams >= mbt - 1", "audio+video", "mbt", "audio+video")]
     out = []
-    for text, condition, ref_name, ref_condition in checks:
-        for seed in seeds + [None]:
-            robust, ref = score(rows, "mbt-robust", condition, seed), score(rows, ref_name, ref_condition, seed)
-            if not robust or not ref:
-                continue
-            a, b = statistics.mean(robust), statistics.mean(ref)
-            out.append({"target": text, "seed": "mean" if seed is None else seed, "robust": a, "reference": b,
-                        "margin": a - b, "holds": a >= b - 0.01 - 1e-9})
+    for robust_name in ("mbt-robust", "mbt-robust-init"):
+        for text, condition, ref_name, ref_condition in checks:
+            seeds = sorted({r["seed"] for r in rows if r["name"] == robust_name}
+                           & {r["seed"] for r in rows if r["name"] == ref_name})
+            for seed in seeds + ([None] if seeds else []):
+                pick = seeds if seed is None else [seed]
+                robust = [v for s_ in pick for v in score(rows, robust_name, condition, s_)]
+                ref = [v for s_ in pick for v in score(rows, ref_name, ref_condition, s_)]
+                a, b = statistics.mean(robust), statistics.mean(ref)
+                out.append({"model": robust_name, "target": text, "seed": "mean" if seed is None else seed,
+                            "robust": a, "reference": b, "margin": a - b, "holds": a >= b - 0.01 - 1e-9})
     return out
 
 
 def report(out: Path, rows: list[dict], model: dict, seconds: float) -> Path:
     seeds = sorted({r["seed"] for r in rows})
     drop = sorted({r["drop_prob"] for r in rows if r["name"] == "mbt-robust"})
-    budgets = sorted({(r["epochs"], r["train_clips"], r["test_clips"]) for r in rows})
+    budgets = sorted({(r["epochs"], r["train_clips"], r["test_clips"]) for r in rows
+                      if r["name"] != "mbt-robust-init"})
     lines = ["# Robustness to a missing stream: modality dropout on AV-Digits", "",
              f"Command: `python -m mbt.avdigits.robust {shlex.join(sys.argv[1:])}`", "",
              f"Machine: {machine()}; {seconds / 60:.0f} min in this invocation (finished runs are reused); "
@@ -144,7 +176,10 @@ def report(out: Path, rows: list[dict], model: dict, seconds: float) -> Path:
              f"Budget (epochs, train clips, test clips): {budgets}; the `mbt demo` model and recipe (from scratch, "
              f"{model['num_layers']} layers of width {model['hidden_size']}, bottleneck fusion from layer "
              f"{model['fusion_layer']}). `mbt-robust` is the same with modality dropout p = {drop} per stream "
-             "(data.augment.rgb_drop_prob = spectrogram_drop_prob; at most one stream per clip). Seeds: "
+             "(data.augment.rgb_drop_prob = spectrogram_drop_prob; at most one stream per clip). "
+             "`mbt-robust-init` starts each stream from the same seed's `video` and `audio` models (`--init-from`, "
+             f"the paper's regime) and is fine-tuned with the same modality dropout for "
+             f"{sorted({r['epochs'] for r in rows if r['name'] == 'mbt-robust-init'}) or '-'} epochs. Seeds: "
              f"{', '.join(map(str, seeds))}; cells are mean ± standard deviation over seeds (test top-1 %).", "",
              "| model | audio+video | video only (audio removed) | audio only (video removed) | seeds |",
              "|---|---:|---:|---:|---:|"]
@@ -153,9 +188,9 @@ def report(out: Path, rows: list[dict], model: dict, seconds: float) -> Path:
             lines.append(f"| {name} | " + " | ".join(_cell(score(rows, name, c)) for c in CONDITIONS)
                          + f" | {len({r['seed'] for r in rows if r['name'] == name})} |")
     checks = targets(rows)
-    lines += ["", "## Targets", "", "| target | seed | mbt-robust | reference | margin (points) | holds |",
-              "|---|---|---:|---:|---:|---|"]
-    lines += [f"| {c['target']} | {c['seed']} | {100 * c['robust']:.1f} | {100 * c['reference']:.1f} | "
+    lines += ["", "## Targets", "", "| model | target | seed | robust model | reference | margin (points) | holds |",
+              "|---|---|---|---:|---:|---:|---|"]
+    lines += [f"| {c['model']} | {c['target']} | {c['seed']} | {100 * c['robust']:.1f} | {100 * c['reference']:.1f} | "
               f"{100 * c['margin']:+.1f} | {'yes' if c['holds'] else 'no'} |" for c in checks]
     (out / "results.json").write_text(json.dumps({"model": model, "rows": rows, "targets": checks}, indent=2) + "\n")
     path = out / "README.md"
