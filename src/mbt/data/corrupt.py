@@ -45,10 +45,11 @@ class Corruption:
         if self.kind not in KINDS[self.stream]:
             raise ConfigError(f"corruption {self.stream}:{self.kind}; allowed: "
                               + ", ".join(f"{s}:{k}" for s, ks in KINDS.items() for k in ks))
+        signed = (self.stream, self.kind) == ("audio", "noise")  # an SNR in dB may be negative
         s = float(self.strength)
-        if not math.isfinite(s) or (self.kind != "noise" or self.stream != "audio") and s < 0:
+        if not math.isfinite(s) or (s < 0 and not signed):
             raise ConfigError(f"corruption {self.name}: the strength must be a finite number"
-                              + ("" if self.stream == "audio" else " >= 0"))
+                              + ("" if signed else " >= 0"))
         if self.kind == "occlusion" and s > 1:
             raise ConfigError(f"corruption {self.name}: an occlusion covers a share of the frame, at most 1")
 

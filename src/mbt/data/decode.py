@@ -410,14 +410,14 @@ class MediaReader:
         except _LostSync:
             # The demuxer lost the packet framing at the seek point (MPEG-PS audio, whose packets do not start on
             # frame boundaries, may not find it again): decode from the file's start instead.
-            if not from_start:
-                self._rewind()
+            lost = MediaError(self.path, "audio decoding failed (the decoder rejects every packet)")
+            if from_start:
+                raise lost from None
+            self._rewind()
             try:
-                first_t, chunks = (None, []) if from_start else self._decode_audio(end, sample_rate)
+                first_t, chunks = self._decode_audio(end, sample_rate)
             except _LostSync:
-                first_t = None
-            if first_t is None:
-                raise MediaError(self.path, "audio decoding failed (the decoder rejects every packet)") from None
+                raise lost from None
         if first_t is None:
             raise MediaError(self.path, "the audio stream has no decodable samples")
         samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)

@@ -459,6 +459,10 @@ class MBT(nn.Module):
         n_tokens = {m: t.shape[1] for m, t in tokens.items()}
         B = batch_sizes[present[0]]
         absent = self.absent_streams(inputs, present, B)  # {m: (B,) bool}; {} when every example has every stream
+        # {m: (B,) bool}, True where the example has stream m (None: every example has every stream)
+        keep = {m: ~absent[m] if m in absent else torch.ones_like(next(iter(absent.values()))) for m in present} \
+            if absent else None
+        key_masks: dict[BlockRun, Tensor | None] = {}  # the same runs recur layer after layer
         if self.uses_bottleneck():
             tokens[BOTTLENECK] = self.bottleneck.expand(B, -1, -1)  # (B, n_b, D)
 
@@ -467,26 +471,24 @@ class MBT(nn.Module):
             for run in step.runs:
                 x = _join([tokens[q] for q in run.queries])  # (B, N, D)
                 context = _join([tokens[c] for c in run.context]) if run.context else None
-                key_mask = _key_mask(run, absent, tokens)
-                out = self._run_block(run, step.layer, x, context, key_mask)
+                if run not in key_masks:
+                    key_masks[run] = _key_mask(run, absent, keep, tokens)
+                out = self._run_block(run, step.layer, x, context, key_masks[run])
                 for q, part in zip(run.queries, out.split([tokens[q].shape[1] for q in run.queries], dim=1)):
                     updates.setdefault(q, []).append((run.queries[0], part))
             for q, parts in updates.items():  # the bottleneck: the mean of the modalities' updated copies
-                tokens[q] = _mean_of_present(parts, absent)
+                tokens[q] = _mean_of_present(parts, keep)
 
         final = self.encoder_norm(torch.cat([tokens[m] for m in present], dim=1))  # (B, N, D)
         slices, start = {}, 0
         for m in present:
             slices[m] = slice(start, start + n_tokens[m])
             start += n_tokens[m]
-        return self._head(final, slices, absent)
+        return self._head(final, slices, keep)
 
-    def _head(self, tokens: Tensor, slices: dict[str, slice], absent: Mapping[str, Tensor]) -> MBTOutput:
+    def _head(self, tokens: Tensor, slices: dict[str, slice], present: Mapping[str, Tensor] | None) -> MBTOutput:
+        """The head on the final tokens; `present` {m: (B,) bool} restricts each example to its streams."""
         cfg = self.config
-        present = None
-        if absent:
-            present = {m: ~absent[m] if m in absent else torch.ones_like(next(iter(absent.values())))
-                       for m in slices}
         if cfg.classifier == "token":
             feats = {m: tokens[:, s.start] for m, s in slices.items()}  # each modality's CLS, (B, D)
             if self.pre_logits is not None:  # one shared Dense + tanh
@@ -534,7 +536,8 @@ class MBT(nn.Module):
         return model.to(map_location).eval()
 
 
-def _key_mask(run: BlockRun, absent: Mapping[str, Tensor], tokens: Mapping[str, Tensor]) -> Tensor | None:
+def _key_mask(run: BlockRun, absent: Mapping[str, Tensor], keep: Mapping[str, Tensor] | None,
+              tokens: Mapping[str, Tensor]) -> Tensor | None:
     """(B, M + N) bool over the keys [context ; queries] of a block run: False on the tokens of a modality that an
     example lacks, except the run's own modality (a separate-weights run for an absent stream computes outputs that
     are discarded; masking its own keys would leave it none). None when nothing is masked."""
@@ -542,20 +545,20 @@ def _key_mask(run: BlockRun, absent: Mapping[str, Tensor], tokens: Mapping[str, 
     masked = [s for s in run.context + run.queries if s in absent and s != owner]
     if not masked:
         return None
-    parts = [(~absent[s] if s in masked else torch.ones_like(next(iter(absent.values()))))[:, None]
-             .expand(-1, tokens[s].shape[1]) for s in run.context + run.queries]
+    everyone = torch.ones_like(keep[masked[0]])
+    parts = [(keep[s] if s in masked else everyone)[:, None].expand(-1, tokens[s].shape[1])
+             for s in run.context + run.queries]
     return torch.cat(parts, dim=1)
 
 
-def _mean_of_present(parts: list[tuple[str, Tensor]], absent: Mapping[str, Tensor]) -> Tensor:
+def _mean_of_present(parts: list[tuple[str, Tensor]], keep: Mapping[str, Tensor] | None) -> Tensor:
     """The new value of a token set from the runs that updated it, [(the run's modality, (B, n, D))]: the output
     itself for one run; for the bottleneck (one copy per modality) the mean over the modalities each example has."""
     if len(parts) == 1:
         return parts[0][1]
-    if not any(m in absent for m, _ in parts):
+    if keep is None:
         return torch.stack([p for _, p in parts], dim=-1).mean(dim=-1)
-    w = [(~absent[m] if m in absent else torch.ones_like(next(iter(absent.values())))).to(p.dtype)[:, None, None]
-         for m, p in parts]
+    w = [keep[m].to(p.dtype)[:, None, None] for m, p in parts]
     return sum(p * wi for (_, p), wi in zip(parts, w)) / sum(w)
 
 

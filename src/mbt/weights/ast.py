@@ -39,8 +39,12 @@ AST_FEATURES = ("AST was trained on Kaldi fbank features (128 mel bins, 10 ms sh
 
 
 def is_ast_state(state: Mapping[str, Any]) -> bool:
-    """True for an AST state dict (bare, or with DataParallel's 'module.' prefix)."""
-    keys = {k[len("module."):] if k.startswith("module.") else k for k in state}
+    """True for an AST state dict (bare, wrapped in {'state_dict': ...} / {'model': ...}, or with DataParallel's
+    'module.' prefix)."""
+    try:
+        keys = set(_unwrap_timm(state, ""))
+    except CheckpointError:  # entries that are not tensors: not an AST (the ViT reader names the problem)
+        return False
     return "v.pos_embed" in keys and "v.patch_embed.proj.weight" in keys
 
 
@@ -53,7 +57,7 @@ def read_ast_checkpoint(path: str | Path, freq_patches: int | None = None) -> Vi
       (F = 12, stride 10, for the released models). Give it for an AST trained on another number of mel bins.
     """
     kind, raw = load_weights_file(path)
-    if kind != "state" or not is_ast_state(_unwrap_timm(raw, str(path))):
+    if kind != "state" or not is_ast_state(raw):
         raise CheckpointError(f"{path}: not an AST checkpoint (no 'v.pos_embed' and 'v.patch_embed.proj.weight'); "
                               "give the state dict of an ASTModel (github.com/YuanGongND/ast)")
     return ast_from_state(raw, str(path), freq_patches)

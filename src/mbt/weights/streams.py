@@ -30,9 +30,9 @@ from ..errors import CheckpointError, ConfigError
 from ..models.config import MBTConfig, MODALITIES
 from ..models.pretrained import CONFIG_NAME, PREPROCESSOR_NAME, read_model_dir
 from .ast import ast_from_state, is_ast_state
-from .vit import (ViTInitReport, ViTWeights, _Plan, _unwrap_timm, channel_note, check_architecture, load_weights_file,
-                  plan_blocks, plan_bottleneck, plan_tokenizer, plan_vit_init, spectrogram_kernel, vit_from_raw,
-                  write_init)
+from .vit import (ViTInitReport, ViTWeights, _Plan, channel_note, check_architecture, load_weights_file,
+                  plan_blocks, plan_bottleneck, plan_tokenizer, plan_vit_init, read_vit_checkpoint, spectrogram_kernel,
+                  vit_from_raw, write_init)
 
 if TYPE_CHECKING:
     from ..data.config import DataConfig
@@ -83,14 +83,12 @@ def read_encoder(path: str | Path, modality: str, freq_patches: int | None = Non
                 raise CheckpointError(f"{path / PREPROCESSOR_NAME}: not readable JSON ({e})") from None
         return MBTEncoder(config=config, state=state, source=str(path), data_config=data)
     if path.is_dir():  # a Hugging Face-style folder of ViT weights
-        from .vit import read_vit_checkpoint
-
         return read_vit_checkpoint(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or model directory; give an mbt model directory, an ImageNet "
                               "ViT checkpoint or (for the spectrogram) an AST checkpoint")
     kind, raw = load_weights_file(path)
-    if kind == "state" and is_ast_state(_unwrap_timm(raw, str(path))):
+    if kind == "state" and is_ast_state(raw):
         if modality != "spectrogram":
             raise CheckpointError(f"{path}: an AST (audio spectrogram transformer) checkpoint initialises the "
                                   f"spectrogram stream, not {modality}")
@@ -143,8 +141,6 @@ def init_streams(model: MBT, sources: Mapping[str, str | Path | Source | None] |
     streams = {m: s if isinstance(s, (ViTWeights, MBTEncoder)) else read_encoder(s, m) for m, s in given.items()}
     base = checkpoint
     if base is not None and not isinstance(base, ViTWeights):
-        from .vit import read_vit_checkpoint
-
         base = read_vit_checkpoint(base)
     if not streams and base is None:
         raise ConfigError("nothing to initialise from: give a ViT checkpoint or a source per modality")
