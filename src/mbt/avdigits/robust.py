@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from . import generator as avdigits
-from .demo import (DEMO_MODEL, MODALITY_DROPOUT, TINY_MODEL, avdigits_run_config, machine, spectrogram_stats,
-                   train_and_evaluate)
+from .demo import (DEMO_MODEL, FINETUNE_LR, MODALITY_DROPOUT, TINY_MODEL, avdigits_run_config, machine,
+                   spectrogram_stats, train_and_evaluate)
 
 MODELS = {  # name -> (model changes, augment changes); the order in which they are trained
     "video": ({"modality_fusion": ["rgb"]}, {}),
@@ -45,13 +45,15 @@ CONDITIONS = ("audio+video", "video", "audio")  # both streams, audio removed, v
 
 
 def run_config(data_dir: Path, run_dir: Path, name: str, model: dict, epochs: float, seed: int,
-               stats: tuple[float, float], drop_prob: float, init_epochs: float = 5.0):
+               stats: tuple[float, float], drop_prob: float, init_epochs: float = 5.0, init_lr: float | None = None):
     """The demo's run config for one model of the benchmark (mbt-robust: with modality dropout; mbt-robust-init:
-    also each stream from the same seed's single-modality model, for `init_epochs`)."""
+    also each stream from the same seed's single-modality model, for `init_epochs` at peak rate `init_lr`)."""
     change, augment = MODELS[name]
+    fine_tune = name == "mbt-robust-init"
+    lr = {"lr": init_lr} if fine_tune and init_lr is not None else {}
     cfg = avdigits_run_config(data_dir, run_dir, model={**model, **change},
-                              epochs=init_epochs if name == "mbt-robust-init" else epochs, seed=seed,
-                              spec_stats=stats, progress=False)
+                              epochs=init_epochs if fine_tune else epochs, seed=seed,
+                              spec_stats=stats, progress=False, **lr)
     if augment is None:
         cfg.data["augment"].update(rgb_drop_prob=drop_prob, spectrogram_drop_prob=drop_prob)
     if name == "mbt-robust-init":
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--init-epochs", type=float, default=5.0,
                    help="mbt-robust-init: epochs of fine-tuning from the single-modality models (default: 5)")
+    p.add_argument("--init-lr", type=float, default=FINETUNE_LR,
+                   help="mbt-robust-init: the peak learning rate of the fine-tuning (default: the demo's, %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny model, 200 clips, 1 epoch: checks the script only")
     p.add_argument("--report-only", action="store_true", help="no training: the report from the finished runs")
     args = p.parse_args(argv)
@@ -106,21 +110,17 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(run_dir)
                 print(f"== {name} seed {seed}", flush=True)
                 cfg = run_config(data_dir, run_dir, name, model, args.epochs, seed, stats, args.drop_prob,
-                                 args.init_epochs)
+                                 args.init_epochs, args.init_lr)
                 row = train_and_evaluate(cfg, cache, progress=False)
                 row.update(name=name, seed=seed, epochs=float(cfg.optim.epochs), train_clips=args.train_clips,
                            test_clips=args.test_clips,
-                           drop_prob=args.drop_prob if name.startswith("mbt-robust") else 0.0,
+                           drop_prob=args.drop_prob if name.startswith("mbt-robust") else 0.0, lr=cfg.optim.lr,
                            init={m: getattr(cfg.init, m) for m in UNIMODAL if getattr(cfg.init, m)})
                 (run_dir / "row.json").write_text(json.dumps(row, indent=2) + "\n")
                 for f in (run_dir / "checkpoints").glob("*.pt"):
                     f.unlink()  # the table needs the scores, not the checkpoints
-                if name not in UNIMODAL.values():
+                if name not in UNIMODAL.values():  # the single-modality weights start mbt-robust-init (git-ignored)
                     for f in run_dir.rglob("*.safetensors"):
-                        f.unlink()
-            if needs_init:  # the single-modality weights have served
-                for source in UNIMODAL.values():
-                    for f in (out / "runs" / f"{source}-seed{seed}").rglob("*.safetensors"):
                         f.unlink()
     rows = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/row.json"))]
     if not rows:
@@ -179,7 +179,8 @@ def report(out: Path, rows: list[dict], model: dict, seconds: float) -> Path:
              "(data.augment.rgb_drop_prob = spectrogram_drop_prob; at most one stream per clip). "
              "`mbt-robust-init` starts each stream from the same seed's `video` and `audio` models (`--init-from`, "
              f"the paper's regime) and is fine-tuned with the same modality dropout for "
-             f"{sorted({r['epochs'] for r in rows if r['name'] == 'mbt-robust-init'}) or '-'} epochs. Seeds: "
+             f"{sorted({r['epochs'] for r in rows if r['name'] == 'mbt-robust-init'}) or '-'} epochs at peak rate "
+             f"{sorted({r.get('lr', 2e-3) for r in rows if r['name'] == 'mbt-robust-init'}) or '-'}. Seeds: "
              f"{', '.join(map(str, seeds))}; cells are mean ± standard deviation over seeds (test top-1 %).", "",
              "| model | audio+video | video only (audio removed) | audio only (video removed) | seeds |",
              "|---|---:|---:|---:|---:|"]
@@ -193,6 +194,9 @@ def report(out: Path, rows: list[dict], model: dict, seconds: float) -> Path:
     lines += [f"| {c['model']} | {c['target']} | {c['seed']} | {100 * c['robust']:.1f} | {100 * c['reference']:.1f} | "
               f"{100 * c['margin']:+.1f} | {'yes' if c['holds'] else 'no'} |" for c in checks]
     (out / "results.json").write_text(json.dumps({"model": model, "rows": rows, "targets": checks}, indent=2) + "\n")
+    summary = out / "summary.md"  # what the numbers show, written by hand; kept when the report is rebuilt
+    if summary.is_file():
+        lines += ["", summary.read_text().rstrip()]
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
