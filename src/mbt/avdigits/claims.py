@@ -1,0 +1,360 @@
+"""The claims study: the MBT paper's claims tested on AV-Digits in the paper's regime, with confidence intervals
+and paired comparisons.
+
+The regime. Each stream starts from a single-modality encoder trained beforehand, as the paper starts both from
+ImageNet ViT: here the `video` and `audio` models of the AV-Digits `same` training split (from scratch, the `mbt
+demo` recipe), which are also the study's single-stream baselines. Every fusion model is then fine-tuned from the
+two encoders of its seed (`--init-from`) with one recipe (AdamW, warm-up and cosine, `--finetune-epochs` at peak
+rate `--finetune-lr`), for both modes; the `pair` models start from the same encoders (a new multi-head head).
+
+The grid, for every seed (the same seeds for every configuration):
+  video, audio                         the single-modality encoders (same mode; scored alone)
+  late                                 no cross-modal attention (fusion_layer = L)
+  vanilla@l, bottleneck@l  l = 0..L-1  cross-attention / bottleneck fusion from layer l (4 bottleneck tokens)
+  bottleneck@{mid}x{n}                 n bottleneck tokens at fusion layer `mid` (default L/2, the paper's mid fusion,
+                                       fixed before any run: the study has no validation split to choose it on)
+  robust (same mode)                   bottleneck@{mid} with modality dropout (`mbt demo`'s fusion model)
+in the modes `same` (10 classes) and `pair` (heads match / shown / spoken). Each run is scored on every test clip
+(with each stream removed too, in `same`), and the per-clip results are kept, so that every claim is decided by a
+paired bootstrap over seeds and clips (`mbt.analysis.stats`). Fusion runs of `same` also get the attention-rollout
+localisation (`mbt.analysis.localisation`): the share of the relevance inside the digit's box and the word's span.
+
+    python -m mbt.avdigits.claims --out docs/results/claims            # the grid; run it once per core, in parallel
+    python -m mbt.avdigits.claims --out docs/results/claims --report-only
+    python -m mbt.avdigits.claims --out /tmp/claims --quick            # a smoke run of the script (minutes)
+
+Runs that finished are reused (<out>/runs/<run>/row.json); a run being trained is locked (<out>/runs/<run>.lock, with
+the process id: a lock whose process has died is taken over), so processes started with the same command share the
+grid between them; a fine-tuning run waits for its seed's encoders. (`python benchmarks/claims_study.py` runs the
+same.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..analysis.flops import flop_count, parameter_count
+from ..data.annotations import read_annotations
+from ..data.config import load_pretrained
+from ..data.datasets import VideoDataset
+from ..engine.evaluate import predict_conditions
+from ..engine.trainer import train
+from . import generator as avdigits
+from .demo import (DEMO_MODEL, FINETUNE_LR, FINETUNE_SHARE, MODALITY_DROPOUT, TINY_MODEL, avdigits_run_config,
+                   spectrogram_stats, streams)
+
+MODES = ("same", "pair")
+UNIMODAL = {"rgb": "video", "spectrogram": "audio"}
+# The fine-tuning recipe of every fusion model is the demo's (chosen on a validation set in the robustness benchmark,
+# see docs/results/robustness): a quarter of the encoders' epochs at a quarter of their peak learning rate.
+COUNTS = (1, 4, 16)  # bottleneck tokens at the mid fusion layer
+LOCK_WAIT_SECONDS = 10.0
+LOCALISATION_CLIPS = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One cell of the grid for one seed. `change`: the study model's fields this run changes; `augment`: data
+    augmentation it adds; `pretrain`: a single-modality encoder trained from scratch (else fine-tuned from them)."""
+
+    mode: str
+    name: str
+    seed: int
+    change: tuple[tuple[str, Any], ...] = ()
+    augment: tuple[tuple[str, float], ...] = ()
+    pretrain: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.mode}-{self.name.replace('@', '-')}-seed{self.seed}"
+
+    def depends_on(self) -> list[str]:
+        """The runs that must have finished first: a fine-tuning run needs its seed's two encoders."""
+        return [] if self.pretrain else [f"same-{n}-seed{self.seed}" for n in UNIMODAL.values()]
+
+
+def cells(mode: str, L: int, mid: int, counts: tuple[int, ...] = COUNTS) -> list[tuple[str, dict, dict, bool]]:
+    """(name, model changes, augment, pretrain) of every cell of a mode, in the order they are trained: the paper's
+    model and its closest rivals first, so that a grid cut short still answers the main claims."""
+    out: list[tuple[str, dict, dict, bool]] = []
+    if mode == "same":
+        out += [("video", {"modality_fusion": ["rgb"]}, {}, True),
+                ("audio", {"modality_fusion": ["spectrogram"]}, {}, True)]
+    layers = [mid] + [l for l in range(L) if l != mid]
+    out.append((f"bottleneck@{mid}", {"fusion_layer": mid, "use_bottleneck": True, "n_bottlenecks": 4}, {}, False))
+    out.append((f"vanilla@{mid}", {"fusion_layer": mid, "use_bottleneck": False}, {}, False))
+    out.append(("late", {"fusion_layer": L, "use_bottleneck": False}, {}, False))
+    if mode == "same":
+        out.append(("robust", {"fusion_layer": mid, "use_bottleneck": True, "n_bottlenecks": 4},
+                    dict(MODALITY_DROPOUT), False))
+    for l in layers[1:]:
+        out.append((f"bottleneck@{l}", {"fusion_layer": l, "use_bottleneck": True, "n_bottlenecks": 4}, {}, False))
+        out.append((f"vanilla@{l}", {"fusion_layer": l, "use_bottleneck": False}, {}, False))
+    for n in counts:
+        if n != 4:
+            out.append((f"bottleneck@{mid}x{n}", {"fusion_layer": mid, "use_bottleneck": True, "n_bottlenecks": n},
+                        {}, False))
+    return out
+
+
+def grid(modes: list[str], seeds: list[int], L: int, mid: int, counts: tuple[int, ...] = COUNTS,
+         only: list[str] | None = None) -> list[Run]:
+    """Every run, in the order a process takes them: the encoders of every seed, then each cell for every seed
+    (cell by cell, so that a cut-short grid has whole cells). `only`: just these cells (and the encoders)."""
+    runs = [Run("same", n, s, tuple(sorted(c.items())), (), True) for s in seeds
+            for n, c, _, pre in cells("same", L, mid, counts) if pre]
+    for mode in modes:
+        for name, change, augment, pre in cells(mode, L, mid, counts):
+            if not pre and (only is None or name in only):
+                runs += [Run(mode, name, s, tuple(sorted(change.items())), tuple(sorted(augment.items())))
+                         for s in seeds]
+    return runs
+
+
+# ------------------------------------------------------------------------------------------------ sharing the grid
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def try_lock(path: Path) -> bool:
+    """Create the lock file `path` (atomically); False if another live process holds it. A lock left by a process
+    of this machine that has died is removed and taken."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return False  # being written by its owner
+            if owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", -1))):
+                path.unlink(missing_ok=True)
+                continue
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, f)
+        return True
+    return False
+
+
+def next_run(plan: list[Run], runs_dir: Path) -> tuple[Run | None, bool]:
+    """(the first run that is not finished, not locked by another process and whose encoders are ready, locked for
+    this process; whether any run is still unfinished)."""
+    done = {r.key for r in plan if (runs_dir / r.key / "row.json").is_file()}
+    pending = [r for r in plan if r.key not in done]
+    for r in pending:
+        if all(d in done for d in r.depends_on()) and try_lock(runs_dir / f"{r.key}.lock"):
+            if (runs_dir / r.key / "row.json").is_file():  # finished by another process meanwhile
+                (runs_dir / f"{r.key}.lock").unlink(missing_ok=True)
+                continue
+            return r, True
+    return None, bool(pending)
+
+
+# ------------------------------------------------------------------------------------------------ one run
+def per_clip(logits: torch.Tensor, labels: torch.Tensor, heads: dict[str, int] | None) -> dict[str, np.ndarray]:
+    """{head: (N,) bool}: whether each clip's top-1 is right, for each head (single-label: 'top1')."""
+    spans = heads or {"top1": logits.shape[1]}
+    out, lo = {}, 0
+    for head, size in spans.items():
+        out[head] = (logits[:, lo:lo + size].argmax(1) == labels[:, lo:lo + size].argmax(1)).numpy()
+        lo += size
+    return out
+
+
+def _bits(x: np.ndarray) -> str:
+    return "".join("1" if v else "0" for v in x)
+
+
+def _unbits(s: str) -> np.ndarray:
+    return np.frombuffer(s.encode(), dtype=np.uint8) == ord("1")
+
+
+def score_clips(model_dir: Path, test_csv: Path, mode: str, cache: dict) -> dict[str, Any]:
+    """Score every test clip with the model's streams (and, for a `same` fusion model, with each one alone).
+    Returns {'results': {condition: {head: accuracy}}, 'correct': {condition: {head: '0101...'}}}; condition names
+    as the reports ('audio+video', 'video', 'audio')."""
+    model, data_config = load_pretrained(model_dir)
+    ann = read_annotations(test_csv, labels=list(model.config.label_names))
+    full = tuple(model.config.modality_fusion)
+    conditions = [full] + ([(m,) for m in full] if len(full) > 1 and mode == "same" else [])
+    data = VideoDataset(ann, data_config, split="test", cache=cache, on_error="raise")
+    logits, labels, index, _ = predict_conditions(model, data, torch.device("cpu"), conditions, batch_size=64,
+                                                  progress=False)
+    if len(index) != len(ann.records):
+        raise RuntimeError(f"{test_csv}: {len(index)} of {len(ann.records)} clips scored")
+    results, correct = {}, {}
+    for c in conditions:
+        hits = per_clip(logits[c], labels, model.config.heads)
+        results[streams(c)] = {h: float(v.mean()) for h, v in hits.items()}
+        correct[streams(c)] = {h: _bits(v) for h, v in hits.items()}
+    return {"results": results, "correct": correct}
+
+
+def execute(run: Run, out: Path, data_dirs: dict[str, Path], model: dict[str, Any], stats: tuple[float, float],
+            args: argparse.Namespace, caches: dict[str, dict]) -> dict[str, Any]:
+    """Train and score one run into <out>/runs/<key>; returns (and writes) its row."""
+    runs = out / "runs"
+    run_dir = runs / run.key
+    trained = run_dir / "trained.json"  # written when training ends: a run stopped while scoring is not retrained
+    if run_dir.exists() and not (trained.is_file() and (run_dir / "model" / "model.safetensors").is_file()):
+        shutil.rmtree(run_dir)  # an unfinished attempt
+    change = dict(run.change)
+    cfg = avdigits_run_config(data_dirs[run.mode], run_dir, model={**model, **change},
+                              epochs=args.epochs if run.pretrain else args.finetune_epochs,
+                              lr=2e-3 if run.pretrain else args.finetune_lr, seed=run.seed, spec_stats=stats,
+                              progress=False)
+    cfg.data["augment"].update(dict(run.augment))
+    if not run.pretrain:
+        for m, source in UNIMODAL.items():
+            setattr(cfg.init, m, str(runs / f"same-{source}-seed{run.seed}" / "model"))
+    train_only = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, test=None))
+    cache = caches.setdefault(run.mode, {})
+    if trained.is_file():
+        model_dir, train_seconds = run_dir / "model", json.loads(trained.read_text())["train_seconds"]
+    else:
+        t0 = time.perf_counter()
+        model_dir = train(train_only, cache=cache)
+        train_seconds = time.perf_counter() - t0
+        trained.write_text(json.dumps({"train_seconds": train_seconds}) + "\n")
+    t1 = time.perf_counter()
+    row: dict[str, Any] = {"mode": run.mode, "name": run.name, "seed": run.seed, "change": change,
+                           "study_model": model, "mid": args.mid_layer,
+                           "augment": dict(run.augment), "pretrain": run.pretrain, "epochs": float(cfg.optim.epochs),
+                           "lr": cfg.optim.lr, "train_clips": args.train_clips, "test_clips": args.test_clips,
+                           "init": {m: getattr(cfg.init, m) for m in UNIMODAL if getattr(cfg.init, m)},
+                           "train_seconds": train_seconds}
+    row.update(score_clips(model_dir, Path(cfg.dataset.test.annotations), run.mode, cache))
+    fused, data_config = load_pretrained(model_dir)
+    row.update(params=parameter_count(fused.config), **flop_count(fused.config))
+    if run.mode == "same" and len(fused.config.modality_fusion) > 1 and not args.no_localisation:
+        from ..analysis.localisation import localisation
+
+        loc = localisation(fused, data_config, data_dirs[run.mode], split="test", limit=args.localisation_clips)
+        row["localisation"] = {k: [round(float(x), 5) for x in v] for k, v in loc.items() if k not in ("files", "frames")}
+    row["eval_seconds"] = time.perf_counter() - t1
+    for f in (run_dir / "checkpoints").glob("*.pt"):
+        f.unlink()  # the study needs the scores, not the training state
+    if not run.pretrain:
+        for f in run_dir.rglob("*.safetensors"):
+            f.unlink()  # the encoders are kept: they start the fine-tuning runs (git-ignored)
+    (run_dir / "row.json").write_text(json.dumps(row) + "\n")
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="docs/results/claims")
+    p.add_argument("--data-root", default="avdigits-study-data", help="where the two datasets are generated")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--train-clips", type=int, default=3000)
+    p.add_argument("--test-clips", type=int, default=1000)
+    p.add_argument("--epochs", type=float, default=20, help="the single-modality encoders' epochs (from scratch)")
+    p.add_argument("--finetune-epochs", type=float, default=None,
+                   help=f"the fusion models' epochs (default: {FINETUNE_SHARE:g} x --epochs, as mbt demo)")
+    p.add_argument("--finetune-lr", type=float, default=FINETUNE_LR)
+    p.add_argument("--counts", type=int, nargs="+", default=list(COUNTS), help="bottleneck counts at the mid layer")
+    p.add_argument("--mid", type=int, default=None, help="the mid fusion layer (default L/2)")
+    p.add_argument("--localisation-clips", type=int, default=LOCALISATION_CLIPS,
+                   help="the first N test clips are used for the localisation (default: %(default)s; it decodes "
+                        "them again, as the rollout records what was read)")
+    p.add_argument("--no-localisation", action="store_true")
+    p.add_argument("--only", nargs="+", default=None, metavar="CELL",
+                   help="train only these cells (e.g. bottleneck@2 late; the encoders are always made)")
+    p.add_argument("--scratch", default="docs/results/avdigits",
+                   help="the from-scratch study whose runs are shown beside these (its results.json)")
+    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap replicates per comparison")
+    p.add_argument("--quick", action="store_true", help="tiny model, 200 clips, 1 epoch: checks the script only")
+    p.add_argument("--report-only", action="store_true", help="no training: the report from the finished runs")
+    args = p.parse_args(argv)
+    model = TINY_MODEL if args.quick else DEMO_MODEL
+    if args.quick:
+        args.train_clips, args.test_clips, args.epochs, args.finetune_epochs = 200, 100, 1, args.finetune_epochs or 1
+        args.seeds = args.seeds[:2]
+    if args.finetune_epochs is None:
+        args.finetune_epochs = FINETUNE_SHARE * args.epochs
+    L = model["num_layers"]
+    mid = args.mid_layer = args.mid if args.mid is not None else L // 2
+    out = Path(args.out)
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if not args.report_only:
+        data_dirs = {}
+        for mode in sorted(set(args.modes) | {"same"}):  # the encoders train on `same`
+            data_dirs[mode] = Path(args.data_root) / (mode if not args.quick else f"{mode}-quick")
+            _generate_once(mode, args.train_clips, args.test_clips, data_dirs[mode])
+        # One normalisation for every run: the encoders' (the `same` training split), as a pretrained model's
+        # statistics go with it.
+        stats = spectrogram_stats(data_dirs["same"], model, progress=False)
+        if args.only:
+            known = {n for mode in args.modes for n, *_ in cells(mode, L, mid, tuple(args.counts))}
+            if set(args.only) - known:
+                p.error(f"--only: unknown cell(s) {sorted(set(args.only) - known)}; the cells are {sorted(known)}")
+        plan = grid(args.modes, args.seeds, L, mid, tuple(args.counts), args.only)
+        caches: dict[str, dict] = {}
+        while True:
+            run, unfinished = next_run(plan, runs_dir)
+            if run is None:
+                if not unfinished:
+                    break
+                time.sleep(LOCK_WAIT_SECONDS)  # the rest is being trained by other processes, or waits for them
+                continue
+            try:
+                print(f"== {run.key} ({time.strftime('%H:%M:%S')})", flush=True)
+                row = execute(run, out, data_dirs, model, stats, args, caches)
+                print(f"   {json.dumps(row['results'])} in {row['train_seconds'] / 60:.1f} min", flush=True)
+            finally:
+                (runs_dir / f"{run.key}.lock").unlink(missing_ok=True)
+    rows = [json.loads(f.read_text()) for f in sorted(runs_dir.glob("*/row.json"))]
+    if not rows:
+        print(f"no finished runs in {runs_dir}", file=sys.stderr)
+        return 1
+    from .claims_report import report
+
+    # The report describes the runs, whatever this invocation's options (--report-only needs no --quick)
+    models = {json.dumps(r["study_model"], sort_keys=True) for r in rows}
+    mids = {r["mid"] for r in rows}
+    if len(models) > 1 or len(mids) > 1:
+        print(f"the runs in {runs_dir} were made with different study models or mid layers; report them from "
+              "separate --out folders", file=sys.stderr)
+        return 1
+    report(out, rows, json.loads(models.pop()), mids.pop(), args, time.perf_counter() - t0)
+    return 0
+
+
+def _generate_once(mode: str, train_clips: int, test_clips: int, data_dir: Path) -> None:
+    """Generate the dataset; processes started together make it once (the others wait for its manifest)."""
+    lock = data_dir.parent / f".{data_dir.name}.lock"
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    while not try_lock(lock):
+        time.sleep(LOCK_WAIT_SECONDS)
+    try:
+        avdigits.generate(avdigits.AVDigitsConfig(mode=mode, train_clips=train_clips, test_clips=test_clips),
+                          data_dir, progress=False)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""The claims study (mbt.avdigits.claims): its grid, the locks that let processes share it, per-clip scoring, the
+claims decided from rows whose outcome is known, and a quick run by two processes at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mbt.avdigits import claims
+from mbt.avdigits.claims_report import Grid, ci_text, claims as decide_claims, report
+
+from .test_demo import png_size
+
+
+def test_grid_order_cells_and_dependencies():
+    plan = claims.grid(["same", "pair"], [0, 1, 2], L=4, mid=2)
+    keys = [r.key for r in plan]
+    assert len(keys) == len(set(keys))
+    # the six encoders first, then cell by cell with the seeds inside
+    assert [r.key for r in plan[:6]] == [f"same-{n}-seed{s}" for s in (0, 1, 2) for n in ("video", "audio")]
+    assert all(r.pretrain for r in plan[:6]) and not any(r.pretrain for r in plan[6:])
+    assert [r.key for r in plan[6:9]] == ["same-bottleneck-2-seed0", "same-bottleneck-2-seed1",
+                                          "same-bottleneck-2-seed2"]
+    same = {r.name for r in plan if r.mode == "same"}
+    pair = {r.name for r in plan if r.mode == "pair"}
+    fusion = {"late"} | {f"{k}@{l}" for k in ("vanilla", "bottleneck") for l in range(4)} | \
+        {"bottleneck@2x1", "bottleneck@2x16"}
+    assert same == fusion | {"video", "audio", "robust"} and pair == fusion
+    assert len(plan) == 6 + 3 * (len(fusion) + 1) + 3 * len(fusion)
+    r = next(r for r in plan if r.key == "pair-bottleneck-2x16-seed1")
+    assert dict(r.change) == {"fusion_layer": 2, "use_bottleneck": True, "n_bottlenecks": 16}
+    assert r.depends_on() == ["same-video-seed1", "same-audio-seed1"]
+    robust = next(r for r in plan if r.name == "robust")
+    assert dict(robust.augment) == {"rgb_drop_prob": 0.25, "spectrogram_drop_prob": 0.25}
+    assert {r.name for r in claims.grid(["same"], [0], 4, 2, only=["late"])} == {"video", "audio", "late"}
+
+
+def test_locks_share_the_grid(tmp_path):
+    plan = claims.grid(["same"], [0], L=2, mid=1, only=["late", "bottleneck@1"])
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    first, _ = claims.next_run(plan, runs)
+    second, _ = claims.next_run(plan, runs)  # another process: the first is locked
+    assert (first.key, second.key) == ("same-video-seed0", "same-audio-seed0")
+    third, unfinished = claims.next_run(plan, runs)  # the fine-tuning runs wait for the encoders
+    assert third is None and unfinished
+    for r in (first, second):
+        (runs / r.key).mkdir()
+        (runs / r.key / "row.json").write_text("{}")
+        (runs / f"{r.key}.lock").unlink()
+    nxt, _ = claims.next_run(plan, runs)
+    assert nxt.key == "same-bottleneck-1-seed0"
+    # a lock left by a process that has died is taken over; a live one is not
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (runs / "same-late-seed0.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
+    assert claims.try_lock(runs / "same-late-seed0.lock")
+    assert json.loads((runs / "same-late-seed0.lock").read_text())["pid"] == os.getpid()
+    assert not claims.try_lock(runs / "same-late-seed0.lock")
+
+
+def test_per_clip_correctness_per_head():
+    logits = torch.tensor([[0.1, 0.9, 2.0, 0.0, 1.0], [3.0, 0.0, 0.0, 5.0, 1.0]])
+    labels = torch.tensor([[0, 1, 1, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.float)
+    got = claims.per_clip(logits, labels, {"match": 2, "digit": 3})
+    assert got["match"].tolist() == [True, True] and got["digit"].tolist() == [True, False]
+    one_hot = torch.tensor([[0, 0, 1, 0, 0], [0, 1, 0, 0, 0]], dtype=torch.float)
+    assert claims.per_clip(logits, one_hot, None)["top1"].tolist() == [True, False]
+    assert claims._unbits(claims._bits(np.array([1, 0, 1], bool))).tolist() == [True, False, True]
+
+
+def _row(mode, name, seed, accs, change=None, pretrain=False, gflops=0.1, n=400, loc=None):
+    """A finished run whose clips are right with the given accuracies ({condition: {head: acc}})."""
+    rng = np.random.default_rng(zlib.crc32(f"{mode} {name} {seed}".encode()))
+    results, correct = {}, {}
+    for cond, heads in accs.items():
+        results[cond], correct[cond] = {}, {}
+        for head, acc in heads.items():
+            bits = np.zeros(n, bool)
+            bits[rng.permutation(n)[:round(acc * n)]] = True
+            results[cond][head] = float(bits.mean())
+            correct[cond][head] = claims._bits(bits)
+    row = {"mode": mode, "name": name, "seed": seed, "change": change or {}, "augment": {}, "pretrain": pretrain,
+           "epochs": 5.0, "lr": 5e-4, "train_clips": 3000, "test_clips": n, "train_seconds": 1.0,
+           "results": results, "correct": correct, "gflops": gflops, "gmacs": gflops / 2}
+    if loc is not None:
+        row["localisation"] = {k: [v] * 50 for k, v in loc.items()}
+    return row
+
+
+def _rows(bottleneck_acc=0.9, late_match=0.5):
+    rows = []
+    for seed in (0, 1, 2):
+        rows.append(_row("same", "video", seed, {"video": {"top1": 0.68}}, {"modality_fusion": ["rgb"]}, True))
+        rows.append(_row("same", "audio", seed, {"audio": {"top1": 0.73}}, {"modality_fusion": ["spectrogram"]},
+                         True))
+        for l in range(2):
+            for kind, acc, g in (("vanilla", 0.85, 0.12), ("bottleneck", bottleneck_acc, 0.10)):
+                loc = {"rgb": 0.5 + (0.1 if kind == "bottleneck" else 0), "rgb_chance": 0.3,
+                       "spectrogram": 0.4, "spectrogram_chance": 0.2}
+                ch = {"fusion_layer": l, "use_bottleneck": kind == "bottleneck"}
+                rows.append(_row("same", f"{kind}@{l}", seed, {"audio+video": {"top1": acc},
+                                                               "video": {"top1": 0.6}, "audio": {"top1": 0.6}},
+                                 ch, gflops=g, loc=loc))
+                match = 0.85 if kind == "bottleneck" else 0.8
+                rows.append(_row("pair", f"{kind}@{l}", seed, {"audio+video": {"match": match, "shown": 0.7,
+                                                                               "spoken": 0.7}}, ch, gflops=g))
+        rows.append(_row("same", "late", seed, {"audio+video": {"top1": 0.8}, "video": {"top1": 0.6},
+                                                "audio": {"top1": 0.6}}, {"fusion_layer": 2}, gflops=0.09))
+        rows.append(_row("pair", "late", seed, {"audio+video": {"match": late_match, "shown": 0.7, "spoken": 0.7}},
+                         {"fusion_layer": 2}, gflops=0.09))
+        rows.append(_row("same", "robust", seed, {"audio+video": {"top1": 0.9}, "video": {"top1": 0.5},
+                                                  "audio": {"top1": 0.8}},
+                         {"fusion_layer": 1, "use_bottleneck": True}, gflops=0.1))
+    return rows
+
+
+def test_claims_are_decided_from_the_clips():
+    found = {c["claim"][0]: c for c in decide_claims(Grid(_rows()), L=2, mid=1, counts=[4], replicates=400)}
+    assert found["1"]["decision"] == "yes"  # 90 / 85 / 80 against the audio model's 73
+    assert found["2"]["decision"] == "not resolved"  # layer 1 scores as layer 0 (on other clips); late is worse
+    parts = dict(found["2"]["parts"])
+    assert parts["bottleneck@1 vs late"]["decision"] == "yes"
+    assert found["3"]["decision"] == "yes"  # 5 points better (same, and pair's match) and cheaper
+    assert found["4"]["decision"] == "no"  # 50 with video alone against the video model's 68 (80 against 73: yes)
+    assert dict(found["4"]["parts"])["robust, video removed vs audio model (>= -1 point)"]["decision"] == "yes"
+    assert found["5"]["decision"] == "yes"  # late at 50%, the cross-modal models at 80%
+    assert found["6"]["decision"] == "not resolved"  # spectrogram shares equal between kinds
+    loc = dict(found["6"]["parts"])["frames: share inside the digit's box, bottleneck@0 vs vanilla@0"]
+    assert loc["difference"] == pytest.approx(0.1) and loc["decision"] == "yes"
+    # late fusion learning the match label breaks claim 5; a dearer bottleneck breaks claim 3
+    assert {c["claim"][0]: c for c in decide_claims(Grid(_rows(late_match=0.7)), 2, 1, [4], 400)}["5"][
+        "decision"] == "no"
+    rows = _rows()
+    for r in rows:
+        if r["name"].startswith("bottleneck"):
+            r["gflops"] = 0.2
+    assert {c["claim"][0]: c for c in decide_claims(Grid(rows), 2, 1, [4], 400)}["3"]["decision"] == "no"
+
+
+def test_report_writes_tables_intervals_and_figure(tmp_path):
+    class Args:
+        scratch = None
+        bootstrap = 200
+
+    model = dict(claims.TINY_MODEL, num_layers=2, fusion_layer=1)
+    report(tmp_path, _rows(), model, 1, Args, 1.0)
+    text = (tmp_path / "README.md").read_text()
+    assert "| bottleneck@1 | 1 | — | 90.0 [90.0, 90.0] | 60.0 [60.0, 60.0] | 60.0 [60.0, 60.0] |" in text
+    assert "### 1. Fusing audio and video beats the best single stream: **yes**" in text
+    assert png_size(tmp_path / "claims.png")[0] > 1000
+    assert ci_text([0.8, 0.82, 0.84]) == "82.0 [77.0, 87.0]"  # 2 + -t(0.975, 2) * 2 / sqrt(3) = 4.97
+    assert ci_text([0.5]) == "50.0" and ci_text([]) == "—"
+
+
+def test_two_processes_share_a_quick_study(tmp_path):
+    """Two processes started with one command train each run once between them; --report-only rebuilds the
+    report from the runs."""
+    args = [sys.executable, "-m", "mbt.avdigits.claims", "--quick", "--modes", "same", "--seeds", "0", "--only",
+            "bottleneck@1", "vanilla@1", "--out", "study", "--data-root", "data", "--scratch", "none",
+            "--bootstrap", "100", "--localisation-clips", "20"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    (tmp_path / "data").mkdir()
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    trained = [line.split()[1] for log in logs for line in log.splitlines() if line.startswith("== ")]
+    assert sorted(trained) == sorted(["same-video-seed0", "same-audio-seed0", "same-bottleneck-1-seed0",
+                                      "same-vanilla-1-seed0"])
+    assert all(log.count("== ") >= 1 for log in logs)  # both took work
+    runs = tmp_path / "study" / "runs"
+    assert not list(runs.glob("*.lock"))
+    row = json.loads((runs / "same-bottleneck-1-seed0" / "row.json").read_text())
+    assert set(row["correct"]) == {"audio+video", "video", "audio"} and len(row["correct"]["audio"]["top1"]) == 100
+    assert row["init"]["rgb"].endswith("same-video-seed0/model")
+    assert len(row["localisation"]["rgb"]) == 20 and all(0 <= x <= 1 for x in row["localisation"]["spectrogram"])
+    assert (runs / "same-video-seed0" / "model" / "model.safetensors").is_file()  # the encoders are kept
+    assert not list((runs / "same-bottleneck-1-seed0").rglob("*.safetensors"))
+    text = (tmp_path / "study" / "README.md").read_text()
+    (tmp_path / "study" / "README.md").unlink()
+    r = subprocess.run(args[:3] + ["--out", "study", "--report-only", "--scratch", "none", "--bootstrap", "100"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    again = (tmp_path / "study" / "README.md").read_text()
+    strip = lambda t: [l for l in t.splitlines() if not l.startswith(("Command:", "Machine:"))]  # noqa: E731
+    assert strip(again) == strip(text)
