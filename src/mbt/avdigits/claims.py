@@ -16,16 +16,17 @@ The grid, for every seed (the same seeds for every configuration):
   robust (same mode)                   bottleneck@{mid} with modality dropout (`mbt demo`'s fusion model)
 in the modes `same` (10 classes) and `pair` (heads match / shown / spoken). Each run is scored on every test clip
 (with each stream removed too, in `same`), and the per-clip results are kept, so that every claim is decided by a
-paired bootstrap over seeds and clips (`mbt.analysis.stats`). Fusion runs of `same` also get the attention-rollout
+paired comparison over seeds and clips (`mbt.analysis.stats.paired_difference`). Fusion runs of `same` also get the attention-rollout
 localisation (`mbt.analysis.localisation`): the share of the relevance inside the digit's box and the word's span.
 
     python -m mbt.avdigits.claims --out docs/results/claims            # the grid; run it once per core, in parallel
     python -m mbt.avdigits.claims --out docs/results/claims --report-only
     python -m mbt.avdigits.claims --out /tmp/claims --quick            # a smoke run of the script (minutes)
 
-Runs that finished are reused (<out>/runs/<run>/row.json); a run being trained is locked (<out>/runs/<run>.lock, with
-the process id: a lock whose process has died is taken over), so processes started with the same command share the
-grid between them; a fine-tuning run waits for its seed's encoders. (`python benchmarks/claims_study.py` runs the
+Runs that finished are reused (<out>/runs/<run>/row.json; a finished run made with other settings is refused, not
+mixed in); a run being trained is locked (an flock on <out>/runs/<run>.lock, which the kernel drops if its process
+dies), so processes started with the same command share the grid between them; a fine-tuning run waits for its
+seed's encoders, and an encoder whose weights are gone is made again (deterministically) while a run needs it. (`python benchmarks/claims_study.py` runs the
 same.)
 """
 
@@ -35,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -53,7 +55,7 @@ from ..engine.evaluate import predict_conditions
 from ..engine.trainer import train
 from . import generator as avdigits
 from .demo import (DEMO_MODEL, FINETUNE_LR, FINETUNE_SHARE, MODALITY_DROPOUT, TINY_MODEL, avdigits_run_config,
-                   spectrogram_stats, streams)
+                   machine, spectrogram_stats, streams)
 
 MODES = ("same", "pair")
 UNIMODAL = {"rgb": "video", "spectrogram": "audio"}
@@ -124,49 +126,91 @@ def grid(modes: list[str], seeds: list[int], L: int, mid: int, counts: tuple[int
 
 
 # ------------------------------------------------------------------------------------------------ sharing the grid
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class Lock:
+    """An exclusive, non-blocking lock on the file `path` (fcntl.flock), held until `release()` or the end of the
+    process: the kernel drops it when its holder dies, so a killed run leaves nothing to clean up. The file itself
+    stays (git-ignored); its content only says who holds it, for a reader."""
 
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
 
-def try_lock(path: Path) -> bool:
-    """Create the lock file `path` (atomically); False if another live process holds it. A lock left by a process
-    of this machine that has died is removed and taken."""
-    for _ in range(2):
+    def acquire(self) -> bool:
+        import fcntl
+
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = json.loads(path.read_text())
-            except (OSError, ValueError):
-                return False  # being written by its owner
-            if owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", -1))):
-                path.unlink(missing_ok=True)
-                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, f)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode())
+        self.fd = fd
         return True
-    return False
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
 
 
-def next_run(plan: list[Run], runs_dir: Path) -> tuple[Run | None, bool]:
-    """(the first run that is not finished, not locked by another process and whose encoders are ready, locked for
-    this process; whether any run is still unfinished)."""
-    done = {r.key for r in plan if (runs_dir / r.key / "row.json").is_file()}
+def write_atomic(path: Path, text: str) -> None:
+    """Write `path` whole or not at all (another process may read it at any moment)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _finished(run: Run, runs_dir: Path) -> bool:
+    return (runs_dir / run.key / "row.json").is_file()
+
+
+def next_run(plan: list[Run], runs_dir: Path) -> tuple[Run | None, Lock | None, bool]:
+    """(the first run that is not finished, not being trained by another process and whose encoders are ready;
+    the lock this process now holds on it; whether any run is still unfinished)."""
+    done = {r.key for r in plan if _finished(r, runs_dir)}
+    # An encoder whose weights are gone (they are not committed) is made again while a run still needs it: its
+    # training is deterministic, so the fine-tuning runs start from the same weights as before.
+    needed = {d for r in plan if r.key not in done for d in r.depends_on()}
+    done -= {k for k in needed & done if not (runs_dir / k / "model" / "model.safetensors").is_file()}
     pending = [r for r in plan if r.key not in done]
     for r in pending:
-        if all(d in done for d in r.depends_on()) and try_lock(runs_dir / f"{r.key}.lock"):
-            if (runs_dir / r.key / "row.json").is_file():  # finished by another process meanwhile
-                (runs_dir / f"{r.key}.lock").unlink(missing_ok=True)
-                continue
-            return r, True
-    return None, bool(pending)
+        if not all(d in done for d in r.depends_on()):
+            continue
+        lock = Lock(runs_dir / f"{r.key}.lock")
+        if not lock.acquire():
+            continue
+        if _finished(r, runs_dir) and (not r.pretrain or (runs_dir / r.key / "model" / "model.safetensors").is_file()):
+            lock.release()  # finished by another process between the listing and the lock
+            continue
+        return r, lock, True
+    return None, None, bool(pending)
+
+
+def settings(run: Run, args: argparse.Namespace, model: dict[str, Any]) -> dict[str, Any]:
+    """What a run's row must agree with to be reused by this invocation (see `check_reuse`)."""
+    return {"study_model": model, "epochs": float(args.epochs if run.pretrain else args.finetune_epochs),
+            "lr": 2e-3 if run.pretrain else args.finetune_lr, "train_clips": args.train_clips,
+            "test_clips": args.test_clips, "change": dict(run.change), "augment": dict(run.augment)}
+
+
+def check_reuse(plan: list[Run], runs_dir: Path, args: argparse.Namespace, model: dict[str, Any]) -> list[str]:
+    """The finished runs of `plan` whose settings differ from this invocation's (they would be reused and mixed
+    with runs made otherwise): 'key: field was X, now Y' lines."""
+    bad = []
+    for r in plan:
+        f = runs_dir / r.key / ("row.json" if _finished(r, runs_dir) else "trained.json")
+        if not f.is_file():
+            continue
+        row = json.loads(f.read_text())
+        if "settings" not in row and f.name == "trained.json":
+            continue  # an encoder brought in from elsewhere (its row checks it once scored)
+        have = row.get("settings", row)
+        for k, v in settings(r, args, model).items():
+            if k in have and json.dumps(have[k], sort_keys=True) != json.dumps(v, sort_keys=True):
+                bad.append(f"{r.key}: {k} was {have[k]!r}, now {v!r}")
+    return bad
 
 
 # ------------------------------------------------------------------------------------------------ one run
@@ -234,7 +278,8 @@ def execute(run: Run, out: Path, data_dirs: dict[str, Path], model: dict[str, An
         t0 = time.perf_counter()
         model_dir = train(train_only, cache=cache)
         train_seconds = time.perf_counter() - t0
-        trained.write_text(json.dumps({"train_seconds": train_seconds}) + "\n")
+        write_atomic(trained, json.dumps({"train_seconds": train_seconds,
+                                          "settings": settings(run, args, model)}) + "\n")
     t1 = time.perf_counter()
     row: dict[str, Any] = {"mode": run.mode, "name": run.name, "seed": run.seed, "change": change,
                            "study_model": model, "mid": args.mid_layer,
@@ -256,7 +301,8 @@ def execute(run: Run, out: Path, data_dirs: dict[str, Path], model: dict[str, An
     if not run.pretrain:
         for f in run_dir.rglob("*.safetensors"):
             f.unlink()  # the encoders are kept: they start the fine-tuning runs (git-ignored)
-    (run_dir / "row.json").write_text(json.dumps(row) + "\n")
+    row["settings"] = settings(run, args, model)
+    write_atomic(run_dir / "row.json", json.dumps(row) + "\n")
     return row
 
 
@@ -283,7 +329,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="train only these cells (e.g. bottleneck@2 late; the encoders are always made)")
     p.add_argument("--scratch", default="docs/results/avdigits",
                    help="the from-scratch study whose runs are shown beside these (its results.json)")
-    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap replicates per comparison")
     p.add_argument("--quick", action="store_true", help="tiny model, 200 clips, 1 epoch: checks the script only")
     p.add_argument("--report-only", action="store_true", help="no training: the report from the finished runs")
     args = p.parse_args(argv)
@@ -295,11 +340,26 @@ def main(argv: list[str] | None = None) -> int:
         args.finetune_epochs = FINETUNE_SHARE * args.epochs
     L = model["num_layers"]
     mid = args.mid_layer = args.mid if args.mid is not None else L // 2
+    if not 0 < mid < L:
+        p.error(f"--mid {mid}: the mid fusion layer must lie in 1..{L - 1} (0 is early fusion, {L} late)")
+    if args.only:
+        known = {n for mode in args.modes for n, _, _, pre in cells(mode, L, mid, tuple(args.counts)) if not pre}
+        if set(args.only) - known:
+            p.error(f"--only: unknown fusion cell(s) {sorted(set(args.only) - known)}; the cells are "
+                    f"{sorted(known)} (the encoders are always made)")
     out = Path(args.out)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     if not args.report_only:
+        plan = grid(args.modes, args.seeds, L, mid, tuple(args.counts), args.only)
+        bad = check_reuse(plan, runs_dir, args, model)
+        if bad:
+            print(f"{runs_dir} holds finished runs made with other settings than this invocation's; use another "
+                  "--out, or the same options as before:\n  " + "\n  ".join(bad[:10]), file=sys.stderr)
+            return 1
+        study = {"command": "python -m mbt.avdigits.claims " + shlex.join(sys.argv[1:] if argv is None else argv),
+                 "machine": machine()}
+        write_atomic(out / "study.json", json.dumps(study, indent=1) + "\n")
         data_dirs = {}
         for mode in sorted(set(args.modes) | {"same"}):  # the encoders train on `same`
             data_dirs[mode] = Path(args.data_root) / (mode if not args.quick else f"{mode}-quick")
@@ -307,14 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         # One normalisation for every run: the encoders' (the `same` training split), as a pretrained model's
         # statistics go with it.
         stats = spectrogram_stats(data_dirs["same"], model, progress=False)
-        if args.only:
-            known = {n for mode in args.modes for n, *_ in cells(mode, L, mid, tuple(args.counts))}
-            if set(args.only) - known:
-                p.error(f"--only: unknown cell(s) {sorted(set(args.only) - known)}; the cells are {sorted(known)}")
-        plan = grid(args.modes, args.seeds, L, mid, tuple(args.counts), args.only)
         caches: dict[str, dict] = {}
         while True:
-            run, unfinished = next_run(plan, runs_dir)
+            run, lock, unfinished = next_run(plan, runs_dir)
             if run is None:
                 if not unfinished:
                     break
@@ -325,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = execute(run, out, data_dirs, model, stats, args, caches)
                 print(f"   {json.dumps(row['results'])} in {row['train_seconds'] / 60:.1f} min", flush=True)
             finally:
-                (runs_dir / f"{run.key}.lock").unlink(missing_ok=True)
+                lock.release()
     rows = [json.loads(f.read_text()) for f in sorted(runs_dir.glob("*/row.json"))]
     if not rows:
         print(f"no finished runs in {runs_dir}", file=sys.stderr)
@@ -333,27 +388,34 @@ def main(argv: list[str] | None = None) -> int:
     from .claims_report import report
 
     # The report describes the runs, whatever this invocation's options (--report-only needs no --quick)
-    models = {json.dumps(r["study_model"], sort_keys=True) for r in rows}
-    mids = {r["mid"] for r in rows}
-    if len(models) > 1 or len(mids) > 1:
-        print(f"the runs in {runs_dir} were made with different study models or mid layers; report them from "
-              "separate --out folders", file=sys.stderr)
-        return 1
-    report(out, rows, json.loads(models.pop()), mids.pop(), args, time.perf_counter() - t0)
+    for field in ("study_model", "mid", "test_clips"):
+        values = {json.dumps(r[field], sort_keys=True) for r in rows}
+        if len(values) > 1:
+            print(f"the runs in {runs_dir} differ in {field} ({sorted(values)}); report them from separate --out "
+                  "folders", file=sys.stderr)
+            return 1
+    study = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
+    lock = Lock(out / ".report.lock")  # processes that end together write the report one after the other
+    while not lock.acquire():
+        time.sleep(1.0)
+    try:
+        report(out, rows, rows[0]["study_model"], rows[0]["mid"], args.scratch, study)
+    finally:
+        lock.release()
     return 0
 
 
 def _generate_once(mode: str, train_clips: int, test_clips: int, data_dir: Path) -> None:
     """Generate the dataset; processes started together make it once (the others wait for its manifest)."""
-    lock = data_dir.parent / f".{data_dir.name}.lock"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    while not try_lock(lock):
+    lock = Lock(data_dir.parent / f".{data_dir.name}.lock")
+    while not lock.acquire():
         time.sleep(LOCK_WAIT_SECONDS)
     try:
         avdigits.generate(avdigits.AVDigitsConfig(mode=mode, train_clips=train_clips, test_clips=test_clips),
                           data_dir, progress=False)
     finally:
-        lock.unlink(missing_ok=True)
+        lock.release()
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def run_demo(out: str | Path = "mbt-demo", train_clips: int = 3000, test_clips: 
         fusion = len(change.get("modality_fusion", model["modality_fusion"])) > 1
         cfg = avdigits_run_config(out / "data", run_dir, model={**model, **change},
                                   epochs=epochs * FINETUNE_SHARE if fusion else epochs,
-                                  lr=FINETUNE_LR if fusion else 2e-3, seed=seed, spec_stats=stats,
+                                  **({"lr": FINETUNE_LR} if fusion else {}), seed=seed, spec_stats=stats,
                                   progress=progress)
         cfg.data["augment"].update(VARIANT_AUGMENT.get(name, {}))
         if fusion:  # each stream from its single-modality model (mbt train --init-from)

@@ -166,7 +166,7 @@ def targets(rows: list[dict]) -> list[dict[str, Any]]:
 
 def report(out: Path, rows: list[dict], model: dict, seconds: float) -> Path:
     seeds = sorted({r["seed"] for r in rows})
-    drop = sorted({r["drop_prob"] for r in rows if r["name"] == "mbt-robust"})
+    drop = sorted({r["drop_prob"] for r in rows if r["name"].startswith("mbt-robust")})
     budgets = sorted({(r["epochs"], r["train_clips"], r["test_clips"]) for r in rows
                       if r["name"] != "mbt-robust-init"})
     lines = ["# Robustness to a missing stream: modality dropout on AV-Digits", "",
