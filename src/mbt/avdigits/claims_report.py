@@ -433,6 +433,11 @@ def figure(path: Path, grid: Grid, L: int, mid: int, counts: list[int]) -> None:
             _errorbar(ax, range(L + 1), layer_name(kind), grid, "same", BOTH, "", COLOURS[kind],
                       f"{kind}, {'frames' if key == 'rgb' else 'spectrogram'}",
                       value=lambda n, key=key: _loc_values(grid, n, key), fmt=style)
+    for key, style in (("rgb", ":"), ("spectrogram", "--")):
+        chance = [v for (m, n) in grid.by if m == "same" for v in _loc_values(grid, n, f"{key}_chance")]
+        if chance:
+            ax.axhline(100 * float(np.mean(chance)), color="grey", linestyle=style,
+                       label=f"chance, {'frames' if key == 'rgb' else 'spectrogram'}")
     ax.set_xticks(range(L + 1), [str(l) for l in range(L)] + [f"{L}\n(late)"])
     ax.set_xlabel("fusion layer")
     ax.set_ylabel("same: relevance inside the source (%)")
