@@ -8,14 +8,13 @@ import os
 import subprocess
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from mbt.avdigits import claims
-from mbt.avdigits.claims_report import Grid, ci_text, claims as decide_claims, report
+from mbt.avdigits.claims_report import Grid, bits, ci_text, claims as decide_claims, report, unbits
 
 from .test_demo import png_size
 
@@ -141,7 +140,7 @@ def test_per_clip_correctness_per_head():
     assert got["match"].tolist() == [True, True] and got["digit"].tolist() == [True, False]
     one_hot = torch.tensor([[0, 0, 1, 0, 0], [0, 1, 0, 0, 0]], dtype=torch.float)
     assert claims.per_clip(logits, one_hot, None)["top1"].tolist() == [True, False]
-    assert claims._unbits(claims._bits(np.array([1, 0, 1], bool))).tolist() == [True, False, True]
+    assert unbits(bits(np.array([1, 0, 1], bool))).tolist() == [True, False, True]
 
 
 def _row(mode, name, seed, accs, change=None, pretrain=False, gflops=0.1, n=400, loc=None, seed_sd=None):
@@ -155,12 +154,12 @@ def _row(mode, name, seed, accs, change=None, pretrain=False, gflops=0.1, n=400,
         results[cond], correct[cond] = {}, {}
         for head, acc in heads.items():
             if seed_sd is None:
-                bits = np.zeros(n, bool)
-                bits[rng.permutation(n)[:round(acc * n)]] = True
+                hits = np.zeros(n, bool)
+                hits[rng.permutation(n)[:round(acc * n)]] = True
             else:
-                bits = rng.random(n) < np.clip(acc + rng.normal(0, seed_sd) + 0.4 * (easy - 0.5), 0, 1)
-            results[cond][head] = float(bits.mean())
-            correct[cond][head] = claims._bits(bits)
+                hits = rng.random(n) < np.clip(acc + rng.normal(0, seed_sd) + 0.4 * (easy - 0.5), 0, 1)
+            results[cond][head] = float(hits.mean())
+            correct[cond][head] = bits(hits)
     row = {"mode": mode, "name": name, "seed": seed, "change": change or {}, "augment": {}, "pretrain": pretrain,
            "epochs": 5.0, "lr": 5e-4, "train_clips": 3000, "test_clips": n, "train_seconds": 1.0,
            "results": results, "correct": correct, "gflops": gflops, "gmacs": gflops / 2}

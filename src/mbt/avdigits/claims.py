@@ -49,16 +49,18 @@ import torch
 
 from ..analysis.flops import flop_count, parameter_count
 from ..data.annotations import read_annotations
-from ..data.config import load_pretrained
+from ..data.config import DataConfig, load_pretrained
 from ..data.datasets import VideoDataset
 from ..engine.evaluate import predict_conditions
 from ..engine.trainer import train
+from ..models.mbt import MBT
+from ..models.pretrained import atomic_write
 from . import generator as avdigits
-from .demo import (DEMO_MODEL, FINETUNE_LR, FINETUNE_SHARE, MODALITY_DROPOUT, TINY_MODEL, avdigits_run_config,
-                   machine, spectrogram_stats, streams)
+from .claims_report import bits, report
+from .demo import (DEMO_MODEL, FINETUNE_LR, FINETUNE_SHARE, MODALITY_DROPOUT, TINY_MODEL, TRAIN_LR,
+                   UNIMODAL_RUNS as UNIMODAL, avdigits_run_config, machine, spectrogram_stats, streams, weights_kept)
 
 MODES = ("same", "pair")
-UNIMODAL = {"rgb": "video", "spectrogram": "audio"}
 # The fine-tuning recipe of every fusion model is the demo's (chosen on a validation set in the robustness benchmark,
 # see docs/results/robustness): a quarter of the encoders' epochs at a quarter of their peak learning rate.
 COUNTS = (1, 4, 16)  # bottleneck tokens at the mid fusion layer
@@ -157,9 +159,7 @@ class Lock:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `path` whole or not at all (another process may read it at any moment)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _finished(run: Run, runs_dir: Path) -> bool:
@@ -173,7 +173,7 @@ def next_run(plan: list[Run], runs_dir: Path) -> tuple[Run | None, Lock | None, 
     # An encoder whose weights are gone (they are not committed) is made again while a run still needs it: its
     # training is deterministic, so the fine-tuning runs start from the same weights as before.
     needed = {d for r in plan if r.key not in done for d in r.depends_on()}
-    done -= {k for k in needed & done if not (runs_dir / k / "model" / "model.safetensors").is_file()}
+    done -= {k for k in needed & done if not weights_kept(runs_dir / k)}
     pending = [r for r in plan if r.key not in done]
     for r in pending:
         if not all(d in done for d in r.depends_on()):
@@ -181,7 +181,7 @@ def next_run(plan: list[Run], runs_dir: Path) -> tuple[Run | None, Lock | None, 
         lock = Lock(runs_dir / f"{r.key}.lock")
         if not lock.acquire():
             continue
-        if _finished(r, runs_dir) and (not r.pretrain or (runs_dir / r.key / "model" / "model.safetensors").is_file()):
+        if _finished(r, runs_dir) and (not r.pretrain or weights_kept(runs_dir / r.key)):
             lock.release()  # finished by another process between the listing and the lock
             continue
         return r, lock, True
@@ -191,7 +191,7 @@ def next_run(plan: list[Run], runs_dir: Path) -> tuple[Run | None, Lock | None, 
 def settings(run: Run, args: argparse.Namespace, model: dict[str, Any]) -> dict[str, Any]:
     """What a run's row must agree with to be reused by this invocation (see `check_reuse`)."""
     return {"study_model": model, "epochs": float(args.epochs if run.pretrain else args.finetune_epochs),
-            "lr": 2e-3 if run.pretrain else args.finetune_lr, "train_clips": args.train_clips,
+            "lr": TRAIN_LR if run.pretrain else args.finetune_lr, "train_clips": args.train_clips,
             "test_clips": args.test_clips, "change": dict(run.change), "augment": dict(run.augment)}
 
 
@@ -224,19 +224,10 @@ def per_clip(logits: torch.Tensor, labels: torch.Tensor, heads: dict[str, int] |
     return out
 
 
-def _bits(x: np.ndarray) -> str:
-    return "".join("1" if v else "0" for v in x)
-
-
-def _unbits(s: str) -> np.ndarray:
-    return np.frombuffer(s.encode(), dtype=np.uint8) == ord("1")
-
-
-def score_clips(model_dir: Path, test_csv: Path, mode: str, cache: dict) -> dict[str, Any]:
+def score_clips(model: MBT, data_config: DataConfig, test_csv: Path, mode: str, cache: dict) -> dict[str, Any]:
     """Score every test clip with the model's streams (and, for a `same` fusion model, with each one alone).
     Returns {'results': {condition: {head: accuracy}}, 'correct': {condition: {head: '0101...'}}}; condition names
     as the reports ('audio+video', 'video', 'audio')."""
-    model, data_config = load_pretrained(model_dir)
     ann = read_annotations(test_csv, labels=list(model.config.label_names))
     full = tuple(model.config.modality_fusion)
     conditions = [full] + ([(m,) for m in full] if len(full) > 1 and mode == "same" else [])
@@ -249,7 +240,7 @@ def score_clips(model_dir: Path, test_csv: Path, mode: str, cache: dict) -> dict
     for c in conditions:
         hits = per_clip(logits[c], labels, model.config.heads)
         results[streams(c)] = {h: float(v.mean()) for h, v in hits.items()}
-        correct[streams(c)] = {h: _bits(v) for h, v in hits.items()}
+        correct[streams(c)] = {h: bits(v) for h, v in hits.items()}
     return {"results": results, "correct": correct}
 
 
@@ -259,14 +250,13 @@ def execute(run: Run, out: Path, data_dirs: dict[str, Path], model: dict[str, An
     runs = out / "runs"
     run_dir = runs / run.key
     trained = run_dir / "trained.json"  # written when training ends: a run stopped while scoring is not retrained
-    if run_dir.exists() and not (trained.is_file() and (run_dir / "model" / "model.safetensors").is_file()):
+    if run_dir.exists() and not (trained.is_file() and weights_kept(run_dir)):
         shutil.rmtree(run_dir)  # an unfinished attempt
     change = dict(run.change)
-    cfg = avdigits_run_config(data_dirs[run.mode], run_dir, model={**model, **change},
-                              epochs=args.epochs if run.pretrain else args.finetune_epochs,
-                              lr=2e-3 if run.pretrain else args.finetune_lr, seed=run.seed, spec_stats=stats,
-                              progress=False)
-    cfg.data["augment"].update(dict(run.augment))
+    wanted = settings(run, args, model)
+    cfg = avdigits_run_config(data_dirs[run.mode], run_dir, model={**model, **change}, epochs=wanted["epochs"],
+                              lr=wanted["lr"], seed=run.seed, spec_stats=stats, progress=False)
+    cfg.data["augment"].update(wanted["augment"])
     if not run.pretrain:
         for m, source in UNIMODAL.items():
             setattr(cfg.init, m, str(runs / f"same-{source}-seed{run.seed}" / "model"))
@@ -278,8 +268,7 @@ def execute(run: Run, out: Path, data_dirs: dict[str, Path], model: dict[str, An
         t0 = time.perf_counter()
         model_dir = train(train_only, cache=cache)
         train_seconds = time.perf_counter() - t0
-        write_atomic(trained, json.dumps({"train_seconds": train_seconds,
-                                          "settings": settings(run, args, model)}) + "\n")
+        write_atomic(trained, json.dumps({"train_seconds": train_seconds, "settings": wanted}) + "\n")
     t1 = time.perf_counter()
     row: dict[str, Any] = {"mode": run.mode, "name": run.name, "seed": run.seed, "change": change,
                            "study_model": model, "mid": args.mid_layer,
@@ -287,8 +276,8 @@ def execute(run: Run, out: Path, data_dirs: dict[str, Path], model: dict[str, An
                            "lr": cfg.optim.lr, "train_clips": args.train_clips, "test_clips": args.test_clips,
                            "init": {m: getattr(cfg.init, m) for m in UNIMODAL if getattr(cfg.init, m)},
                            "train_seconds": train_seconds}
-    row.update(score_clips(model_dir, Path(cfg.dataset.test.annotations), run.mode, cache))
     fused, data_config = load_pretrained(model_dir)
+    row.update(score_clips(fused, data_config, Path(cfg.dataset.test.annotations), run.mode, cache))
     row.update(params=parameter_count(fused.config), **flop_count(fused.config))
     if run.mode == "same" and len(fused.config.modality_fusion) > 1 and not args.no_localisation:
         from ..analysis.localisation import localisation
@@ -301,7 +290,7 @@ def execute(run: Run, out: Path, data_dirs: dict[str, Path], model: dict[str, An
     if not run.pretrain:
         for f in run_dir.rglob("*.safetensors"):
             f.unlink()  # the encoders are kept: they start the fine-tuning runs (git-ignored)
-    row["settings"] = settings(run, args, model)
+    row["settings"] = wanted
     write_atomic(run_dir / "row.json", json.dumps(row) + "\n")
     return row
 
@@ -385,8 +374,6 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"no finished runs in {runs_dir}", file=sys.stderr)
         return 1
-    from .claims_report import report
-
     # The report describes the runs, whatever this invocation's options (--report-only needs no --quick)
     for field in ("study_model", "mid", "test_clips"):
         values = {json.dumps(r[field], sort_keys=True) for r in rows}

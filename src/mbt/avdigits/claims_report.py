@@ -19,6 +19,15 @@ CHANCE_BAND = 0.05  # late fusion "at chance" on the match label: its interval e
 COLOURS = {"vanilla": "#DD8452", "bottleneck": "#4C72B0", "late": "#8172B3", "video": "#55A868", "audio": "#C44E52"}
 
 
+def bits(x: np.ndarray) -> str:
+    """(N,) bool -> '0101...' (a row's per-clip results, compact in JSON); `unbits` reads it back."""
+    return "".join("1" if v else "0" for v in x)
+
+
+def unbits(s: str) -> np.ndarray:
+    return np.frombuffer(s.encode(), dtype=np.uint8) == ord("1")
+
+
 class Grid:
     """The finished runs, by (mode, name) and seed."""
 
@@ -40,7 +49,7 @@ class Grid:
 
     def clips(self, mode: str, name: str, seeds: list[int], condition: str = BOTH, head: str = "top1") -> np.ndarray:
         """(S, N) per-clip correctness (1.0 / 0.0) of the given seeds."""
-        return np.stack([_unbits(self.by[mode, name][s]["correct"][condition][head]) for s in seeds]).astype(float)
+        return np.stack([unbits(self.by[mode, name][s]["correct"][condition][head]) for s in seeds]).astype(float)
 
     def shares(self, mode: str, name: str, seeds: list[int], key: str) -> np.ndarray:
         """(S, K) per-clip localisation shares ('rgb', 'spectrogram', 'rgb_chance', ...)."""
@@ -48,10 +57,6 @@ class Grid:
 
     def row(self, mode: str, name: str) -> dict:
         return next(iter(self.by[mode, name].values()))
-
-
-def _unbits(s: str) -> np.ndarray:
-    return np.frombuffer(s.encode(), dtype=np.uint8) == ord("1")
 
 
 def ci_text(values: list[float], scale: float = 100.0, digits: int = 1) -> str:

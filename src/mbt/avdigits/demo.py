@@ -40,6 +40,7 @@ from ..engine.evaluate import evaluate_conditions, write_results
 from ..engine.trainer import EVAL_DIR, train
 from ..errors import AVDigitsError
 from ..models.config import STREAM
+from ..models.pretrained import WEIGHTS_NAME
 from . import generator as avdigits
 
 # The demo model: 4 layers of width 96, global average pooling, tubelets 2x16x16 on 8 frames of 64x64 (64 tokens), 16x16 patches on a
@@ -69,13 +70,16 @@ VARIANT_AUGMENT: dict[str, dict[str, float]] = {"mbt": MODALITY_DROPOUT}
 # set, see docs/results/robustness).
 FINETUNE_SHARE = 0.25
 FINETUNE_LR = 5e-4
-UNIMODAL_RUNS = {"rgb": "video", "spectrogram": "audio"}
+# The peak learning rate of every model trained from scratch (the single-modality models).
+TRAIN_LR = 2e-3
+# The single-modality run of each modality; the fusion model starts from them. Named as the report's columns.
+UNIMODAL_RUNS = dict(STREAM)
 # The corruptions of the demo's robustness table (mbt eval --robustness has more), mild to severe.
 DEMO_CORRUPTIONS = {("audio", "noise"): (20.0, 10.0, 0.0), ("video", "noise"): (0.2, 0.5, 1.0)}
 
 
 def avdigits_run_config(data_dir: str | Path, output_dir: str | Path, model: dict[str, Any] | None = None,
-                        epochs: float = 20, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
+                        epochs: float = 20, batch_size: int = 32, lr: float = TRAIN_LR, seed: int = 0,
                         spec_stats: tuple[float, float] | None = None, progress: bool = True) -> RunConfig:
     """The run config for an AV-Digits folder: the model (default DEMO_MODEL), AdamW with warm-up and cosine,
     the whole 2 s clip as the window (8 frames at 4 fps, 192 log-mel frames), no flips (digits are not symmetric),
@@ -99,6 +103,11 @@ def avdigits_run_config(data_dir: str | Path, output_dir: str | Path, model: dic
                   "keep_checkpoints": 1, "tensorboard": False, "progress": progress},
     }
     return RunConfig.from_dict(d)
+
+
+def weights_kept(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` still has its model's weights (a later run starts from them)."""
+    return (run_dir / "model" / WEIGHTS_NAME).is_file()
 
 
 def headline(summary: dict[str, Any], problem_type: str) -> dict[str, float]:
@@ -208,7 +217,7 @@ def run_demo(out: str | Path = "mbt-demo", train_clips: int = 3000, test_clips: 
         if fusion:  # each stream from its single-modality model (mbt train --init-from)
             for m, source in UNIMODAL_RUNS.items():
                 setattr(cfg.init, m, str(out / "runs" / source / "model"))
-                if not (out / "runs" / source / "model" / "model.safetensors").is_file():
+                if not weights_kept(out / "runs" / source):
                     raise AVDigitsError(f"{out / 'runs' / source / 'model'}: the {source} model the fusion model "
                                         "starts from is missing; delete that run folder and run mbt demo again")
         key = json.dumps({"data": data_cfg.to_dict(), "run": cfg.to_dict()}, sort_keys=True)
@@ -327,7 +336,7 @@ def write_report(out: Path, rows: dict[str, dict[str, Any]], meta: dict[str, Any
         f"audio and video through {m['n_bottlenecks']} bottleneck tokens from layer {m['fusion_layer']}; as in the "
         "paper, each stream starts from a pretrained encoder (here the `video` and `audio` models, `mbt train "
         f"--init-from`), and it is fine-tuned for {meta['epochs'] * FINETUNE_SHARE:g} epochs at a peak learning rate "
-        f"of {FINETUNE_LR:g} (theirs: 2e-3) with modality dropout (a quarter of the clips without frames, a quarter "
+        f"of {FINETUNE_LR:g} (theirs: {TRAIN_LR:g}) with modality dropout (a quarter of the clips without frames, a quarter "
         "without audio).",
         "",
         "## Test accuracy (top-1, %)",

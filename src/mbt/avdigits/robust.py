@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from . import generator as avdigits
-from .demo import (DEMO_MODEL, FINETUNE_LR, MODALITY_DROPOUT, TINY_MODEL, avdigits_run_config, machine,
-                   spectrogram_stats, train_and_evaluate)
+from .demo import (DEMO_MODEL, FINETUNE_LR, MODALITY_DROPOUT, TINY_MODEL, TRAIN_LR, UNIMODAL_RUNS as UNIMODAL,
+                   avdigits_run_config, machine, spectrogram_stats, train_and_evaluate, weights_kept)
 
 MODELS = {  # name -> (model changes, augment changes); the order in which they are trained
     "video": ({"modality_fusion": ["rgb"]}, {}),
@@ -40,7 +40,6 @@ MODELS = {  # name -> (model changes, augment changes); the order in which they 
     # the paper's regime: each stream from the seed's single-modality model, fine-tuned with modality dropout
     "mbt-robust-init": ({}, None),
 }
-UNIMODAL = {"rgb": "video", "spectrogram": "audio"}
 CONDITIONS = ("audio+video", "video", "audio")  # both streams, audio removed, video removed
 
 
@@ -61,10 +60,6 @@ def run_config(data_dir: Path, run_dir: Path, name: str, model: dict, epochs: fl
         for m, source in UNIMODAL.items():
             setattr(cfg.init, m, str(runs / f"{source}-seed{seed}" / "model"))
     return cfg
-
-
-def _weights_kept(run_dir: Path) -> bool:
-    return (run_dir / "model" / "model.safetensors").is_file()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in [n for n in MODELS if n in args.models or (needs_init and n in UNIMODAL.values())]:
                 run_dir = out / "runs" / f"{name}-seed{seed}"
                 done = (run_dir / "row.json").is_file()
-                if done and not (needs_init and name in UNIMODAL.values() and not _weights_kept(run_dir)):
+                if done and not (needs_init and name in UNIMODAL.values() and not weights_kept(run_dir)):
                     continue  # finished (a single-modality model that must start mbt-robust-init keeps its weights)
                 if run_dir.exists():
                     shutil.rmtree(run_dir)
@@ -180,7 +175,7 @@ def report(out: Path, rows: list[dict], model: dict, seconds: float) -> Path:
              "`mbt-robust-init` starts each stream from the same seed's `video` and `audio` models (`--init-from`, "
              f"the paper's regime) and is fine-tuned with the same modality dropout for "
              f"{sorted({r['epochs'] for r in rows if r['name'] == 'mbt-robust-init'}) or '-'} epochs at peak rate "
-             f"{sorted({r.get('lr', 2e-3) for r in rows if r['name'] == 'mbt-robust-init'}) or '-'}. Seeds: "
+             f"{sorted({r.get('lr', TRAIN_LR) for r in rows if r['name'] == 'mbt-robust-init'}) or '-'}. Seeds: "
              f"{', '.join(map(str, seeds))}; cells are mean ± standard deviation over seeds (test top-1 %).", "",
              "| model | audio+video | video only (audio removed) | audio only (video removed) | seeds |",
              "|---|---:|---:|---:|---:|"]
