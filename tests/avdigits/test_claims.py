@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mbt.avdigits import claims
-from mbt.avdigits.claims_report import Grid, bits, ci_text, claims as decide_claims, report, unbits
+from mbt.avdigits.claims_report import Grid, bits, ci_text, claims as decide_claims, report, study_commands, unbits
 
 from .test_demo import png_size
 
@@ -114,7 +114,7 @@ def test_a_run_stopped_while_scoring_is_scored_without_training(tmp_path, monkey
     data = tmp_path / "data"
     generate(AVDigitsConfig(train_clips=4, test_clips=3, seed=2), data, workers=1, progress=False)
     args = argparse.Namespace(epochs=1.0, finetune_epochs=1.0, finetune_lr=5e-4, train_clips=4, test_clips=3,
-                              mid_layer=1, localisation_clips=3, no_localisation=True)
+                              mid_layer=1, localisation_clips=3, no_localisation=True, keep_weights=False)
     model = dict(claims.TINY_MODEL)
     run = claims.Run("same", "video", 0, (("modality_fusion", ["rgb"]),), (), True)
     cfg = demo.avdigits_run_config(data, tmp_path / "out" / "runs" / run.key, model={**model, "modality_fusion": ["rgb"]},
@@ -243,12 +243,17 @@ def test_equal_configurations_are_not_told_apart():
 def test_report_writes_tables_intervals_and_figure(tmp_path):
     model = dict(claims.TINY_MODEL, num_layers=2, fusion_layer=1)
     rows = _rows()
-    report(tmp_path, rows, model, 1, None, {"command": "python -m mbt.avdigits.claims --x", "machine": "here"})
+    report(tmp_path, rows, model, 1, None, {"commands": ["python -m mbt.avdigits.claims --x",
+                                                          "python -m mbt.avdigits.claims --x --seeds 3"],
+                                             "machine": "here"})
     text = (tmp_path / "README.md").read_text()
     cell = ci_text([r["results"]["audio+video"]["top1"] for r in rows if r["name"] == "bottleneck@1"
                     and r["mode"] == "same"])
     assert f"| bottleneck@1 | 1 | — | {cell} |" in text
-    assert "Command: `python -m mbt.avdigits.claims --x`" in text and "Machine: here;" in text
+    assert ("\n    python -m mbt.avdigits.claims --x\n    python -m mbt.avdigits.claims --x --seeds 3\n" in text
+            and "Machine: here;" in text and "From scratch: none." in text)
+    # an older study.json's single command is read as the first of the list
+    assert study_commands({"command": "a"}) == ["a"] and study_commands({}) == []
     saved = json.loads((tmp_path / "results.json").read_text())
     c = next(c for c in saved["cells"] if c["name"] == "bottleneck@1" and c["mode"] == "same"
              and c["condition"] == "audio+video")
@@ -287,7 +292,22 @@ def test_two_processes_share_a_quick_study(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "study" / "README.md").read_text() == text  # the command and machine of the training
-    assert f"Command: `python -m mbt.avdigits.claims {' '.join(args[3:])}`" in text
+    assert f"\n    python -m mbt.avdigits.claims {' '.join(args[3:])}\n" in text
     # a second invocation with other settings refuses to mix its runs with these
     r = subprocess.run(args + ["--finetune-lr", "1e-3"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "same-bottleneck-1-seed0: lr was 0.0005, now 0.001" in r.stderr
+    # another study fine-tunes from this one's encoders (--encoders): none trained there, the same weights and
+    # spectrogram statistics used, and encoders missing for a seed named
+    more = [*args[:4], "--modes", "pair", "--seeds", "0", "--only", "late", "--out", "study2", "--data-root", "data",
+            "--scratch", "none", "--encoders", "study"]
+    r = subprocess.run(more, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [line.split()[1] for line in r.stdout.splitlines() if line.startswith("== ")] == ["pair-late-seed0"]
+    assert sorted(p.name for p in (tmp_path / "study2" / "runs").iterdir() if p.is_dir()) == ["pair-late-seed0"]
+    row = json.loads((tmp_path / "study2" / "runs" / "pair-late-seed0" / "row.json").read_text())
+    assert row["init"]["rgb"] == "study/runs/same-video-seed0/model" and set(row["results"]["audio+video"]) == \
+        {"match", "shown", "spoken"}
+    front_end = lambda d: json.loads((tmp_path / d / "preprocessor_config.json").read_text())["front_end"]
+    assert front_end("study2/runs/pair-late-seed0/model") == front_end("study/runs/same-audio-seed0/model")
+    r = subprocess.run(more[:7] + ["1"] + more[8:], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "study/runs/same-video-seed1" in r.stderr and "weights" in r.stderr

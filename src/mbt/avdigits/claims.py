@@ -22,6 +22,9 @@ localisation (`mbt.analysis.localisation`): the share of the relevance inside th
     python -m mbt.avdigits.claims --out docs/results/claims            # the grid; run it once per core, in parallel
     python -m mbt.avdigits.claims --out docs/results/claims --report-only
     python -m mbt.avdigits.claims --out /tmp/claims --quick            # a smoke run of the script (minutes)
+    python -m mbt.avdigits.claims --out docs/results/claims/pair-8000 --encoders docs/results/claims \
+        --modes pair --train-clips 8000 --only late vanilla@2 bottleneck@2   # a bigger `pair` budget, from the
+                                                                           # main study's encoders
 
 Runs that finished are reused (<out>/runs/<run>/row.json; a finished run made with other settings is refused, not
 mixed in); a run being trained is locked (an flock on <out>/runs/<run>.lock, which the kernel drops if its process
@@ -56,16 +59,16 @@ from ..engine.trainer import train
 from ..models.mbt import MBT
 from ..models.pretrained import atomic_write
 from . import generator as avdigits
-from .claims_report import bits, report
+from .claims_report import MODES, bits, report, study_commands
 from .demo import (DEMO_MODEL, FINETUNE_LR, FINETUNE_SHARE, MODALITY_DROPOUT, TINY_MODEL, TRAIN_LR,
                    UNIMODAL_RUNS as UNIMODAL, avdigits_run_config, machine, spectrogram_stats, streams, weights_kept)
 
-MODES = ("same", "pair")
 # The fine-tuning recipe of every fusion model is the demo's (chosen on a validation set in the robustness benchmark,
 # see docs/results/robustness): a quarter of the encoders' epochs at a quarter of their peak learning rate.
 COUNTS = (1, 4, 16)  # bottleneck tokens at the mid fusion layer
 LOCK_WAIT_SECONDS = 10.0
 LOCALISATION_CLIPS = 300
+SCRATCH = "docs/results/avdigits"  # the from-scratch study (benchmarks/avdigits_study.py) shown beside this one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,11 +117,12 @@ def cells(mode: str, L: int, mid: int, counts: tuple[int, ...] = COUNTS) -> list
 
 
 def grid(modes: list[str], seeds: list[int], L: int, mid: int, counts: tuple[int, ...] = COUNTS,
-         only: list[str] | None = None) -> list[Run]:
+         only: list[str] | None = None, encoders: bool = True) -> list[Run]:
     """Every run, in the order a process takes them: the encoders of every seed, then each cell for every seed
-    (cell by cell, so that a cut-short grid has whole cells). `only`: just these cells (and the encoders)."""
+    (cell by cell, so that a cut-short grid has whole cells). `only`: just these cells (and the encoders);
+    `encoders=False`: no encoders (the fine-tuning runs take them from another study, see --encoders)."""
     runs = [Run("same", n, s, tuple(sorted(c.items())), (), True) for s in seeds
-            for n, c, _, pre in cells("same", L, mid, counts) if pre]
+            for n, c, _, pre in cells("same", L, mid, counts) if pre and encoders]
     for mode in modes:
         for name, change, augment, pre in cells(mode, L, mid, counts):
             if not pre and (only is None or name in only):
@@ -175,8 +179,9 @@ def next_run(plan: list[Run], runs_dir: Path) -> tuple[Run | None, Lock | None, 
     needed = {d for r in plan if r.key not in done for d in r.depends_on()}
     done -= {k for k in needed & done if not weights_kept(runs_dir / k)}
     pending = [r for r in plan if r.key not in done]
+    planned = {r.key for r in plan}  # encoders outside the plan come from another study (checked by `main`)
     for r in pending:
-        if not all(d in done for d in r.depends_on()):
+        if not all(d in done for d in r.depends_on() if d in planned):
             continue
         lock = Lock(runs_dir / f"{r.key}.lock")
         if not lock.acquire():
@@ -190,9 +195,12 @@ def next_run(plan: list[Run], runs_dir: Path) -> tuple[Run | None, Lock | None, 
 
 def settings(run: Run, args: argparse.Namespace, model: dict[str, Any]) -> dict[str, Any]:
     """What a run's row must agree with to be reused by this invocation (see `check_reuse`)."""
-    return {"study_model": model, "epochs": float(args.epochs if run.pretrain else args.finetune_epochs),
-            "lr": TRAIN_LR if run.pretrain else args.finetune_lr, "train_clips": args.train_clips,
-            "test_clips": args.test_clips, "change": dict(run.change), "augment": dict(run.augment)}
+    out = {"study_model": model, "epochs": float(args.epochs if run.pretrain else args.finetune_epochs),
+           "lr": TRAIN_LR if run.pretrain else args.finetune_lr, "train_clips": args.train_clips,
+           "test_clips": args.test_clips, "change": dict(run.change), "augment": dict(run.augment)}
+    if getattr(args, "encoders", None) and not run.pretrain:
+        out["encoders"] = args.encoders  # fine-tuned from another study's encoders
+    return out
 
 
 def check_reuse(plan: list[Run], runs_dir: Path, args: argparse.Namespace, model: dict[str, Any]) -> list[str]:
@@ -244,6 +252,24 @@ def score_clips(model: MBT, data_config: DataConfig, test_csv: Path, mode: str, 
     return {"results": results, "correct": correct}
 
 
+def encoders_dir(out: Path, args: argparse.Namespace) -> Path:
+    """The runs folder that holds the single-modality encoders: this study's, or --encoders' (another study's)."""
+    return Path(args.encoders) / "runs" if args.encoders else out / "runs"
+
+
+def encoder_stats(runs: Path, seeds: list[int]) -> tuple[float, float]:
+    """The spectrogram normalisation of the audio encoders in `runs` (a pretrained model's statistics go with it;
+    every seed's encoder was made with the same ones)."""
+    found = set()
+    for s in seeds:
+        f = runs / f"same-{UNIMODAL['spectrogram']}-seed{s}" / "model" / "preprocessor_config.json"
+        front_end = json.loads(f.read_text())["front_end"]
+        found.add((front_end["mean"], front_end["std"]))
+    if len(found) != 1:
+        raise ValueError(f"the audio encoders in {runs} were made with different spectrogram statistics: {found}")
+    return found.pop()
+
+
 def execute(run: Run, out: Path, data_dirs: dict[str, Path], model: dict[str, Any], stats: tuple[float, float],
             args: argparse.Namespace, caches: dict[str, dict]) -> dict[str, Any]:
     """Train and score one run into <out>/runs/<key>; returns (and writes) its row."""
@@ -259,7 +285,7 @@ def execute(run: Run, out: Path, data_dirs: dict[str, Path], model: dict[str, An
     cfg.data["augment"].update(wanted["augment"])
     if not run.pretrain:
         for m, source in UNIMODAL.items():
-            setattr(cfg.init, m, str(runs / f"same-{source}-seed{run.seed}" / "model"))
+            setattr(cfg.init, m, str(encoders_dir(out, args) / f"same-{source}-seed{run.seed}" / "model"))
     train_only = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, test=None))
     cache = caches.setdefault(run.mode, {})
     if trained.is_file():
@@ -287,7 +313,7 @@ def execute(run: Run, out: Path, data_dirs: dict[str, Path], model: dict[str, An
     row["eval_seconds"] = time.perf_counter() - t1
     for f in (run_dir / "checkpoints").glob("*.pt"):
         f.unlink()  # the study needs the scores, not the training state
-    if not run.pretrain:
+    if not run.pretrain and not args.keep_weights:
         for f in run_dir.rglob("*.safetensors"):
             f.unlink()  # the encoders are kept: they start the fine-tuning runs (git-ignored)
     row["settings"] = wanted
@@ -316,8 +342,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-localisation", action="store_true")
     p.add_argument("--only", nargs="+", default=None, metavar="CELL",
                    help="train only these cells (e.g. bottleneck@2 late; the encoders are always made)")
-    p.add_argument("--scratch", default="docs/results/avdigits",
-                   help="the from-scratch study whose runs are shown beside these (its results.json)")
+    p.add_argument("--encoders", default=None, metavar="STUDY",
+                   help="fine-tune from the encoders of another claims study (its --out; their weights must be "
+                        "there) instead of training them here: e.g. a bigger `pair` budget in its own --out, from "
+                        "the main study's encoders")
+    p.add_argument("--keep-weights", action="store_true",
+                   help="keep the fine-tuned models' weights (by default only the encoders' are kept; weights are "
+                        "git-ignored), e.g. to score them on a validation set or explain them")
+    p.add_argument("--scratch", default=None,
+                   help=f"the from-scratch study whose runs are shown beside these (its results.json; 'none': no "
+                        f"column); recorded in <out>/study.json, so later reports use it (default: the recorded "
+                        f"one, else {SCRATCH})")
     p.add_argument("--quick", action="store_true", help="tiny model, 200 clips, 1 epoch: checks the script only")
     p.add_argument("--report-only", action="store_true", help="no training: the report from the finished runs")
     args = p.parse_args(argv)
@@ -340,22 +375,33 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        plan = grid(args.modes, args.seeds, L, mid, tuple(args.counts), args.only)
+        plan = grid(args.modes, args.seeds, L, mid, tuple(args.counts), args.only, encoders=not args.encoders)
+        if args.encoders:
+            missing = [str(encoders_dir(out, args) / f"same-{n}-seed{s}") for s in args.seeds
+                       for n in UNIMODAL.values() if not weights_kept(encoders_dir(out, args) / f"same-{n}-seed{s}")]
+            if missing:
+                p.error(f"--encoders {args.encoders}: no encoder weights in {', '.join(missing)}; run that study "
+                        "for these seeds first (an encoder whose weights are gone is made again by it)")
         bad = check_reuse(plan, runs_dir, args, model)
         if bad:
             print(f"{runs_dir} holds finished runs made with other settings than this invocation's; use another "
                   "--out, or the same options as before:\n  " + "\n  ".join(bad[:10]), file=sys.stderr)
             return 1
-        study = {"command": "python -m mbt.avdigits.claims " + shlex.join(sys.argv[1:] if argv is None else argv),
-                 "machine": machine()}
+        # Every invocation that trains is recorded (a study grown with more seeds or cells has several)
+        command = "python -m mbt.avdigits.claims " + shlex.join(sys.argv[1:] if argv is None else argv)
+        before = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
+        commands = [c for c in study_commands(before) if c != command] + [command]
+        study = {**before, "commands": commands, "machine": machine()}
+        study.pop("command", None)  # an older study's single command, now the first of `commands`
         write_atomic(out / "study.json", json.dumps(study, indent=1) + "\n")
         data_dirs = {}
-        for mode in sorted(set(args.modes) | {"same"}):  # the encoders train on `same`
+        for mode in sorted(set(args.modes) | (set() if args.encoders else {"same"})):  # encoders train on `same`
             data_dirs[mode] = Path(args.data_root) / (mode if not args.quick else f"{mode}-quick")
             _generate_once(mode, args.train_clips, args.test_clips, data_dirs[mode])
         # One normalisation for every run: the encoders' (the `same` training split), as a pretrained model's
         # statistics go with it.
-        stats = spectrogram_stats(data_dirs["same"], model, progress=False)
+        stats = encoder_stats(encoders_dir(out, args), args.seeds) if args.encoders else \
+            spectrogram_stats(data_dirs["same"], model, progress=False)
         caches: dict[str, dict] = {}
         while True:
             run, lock, unfinished = next_run(plan, runs_dir)
@@ -381,12 +427,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the runs in {runs_dir} differ in {field} ({sorted(values)}); report them from separate --out "
                   "folders", file=sys.stderr)
             return 1
-    study = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
     lock = Lock(out / ".report.lock")  # processes that end together write the report one after the other
     while not lock.acquire():
         time.sleep(1.0)
     try:
-        report(out, rows, rows[0]["study_model"], rows[0]["mid"], args.scratch, study)
+        study = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
+        if args.scratch is not None and args.scratch != study.get("scratch", SCRATCH):
+            study["scratch"] = args.scratch  # a page rebuilt later shows the same column
+            write_atomic(out / "study.json", json.dumps(study, indent=1) + "\n")
+        scratch = study.get("scratch", SCRATCH)
+        report(out, rows, rows[0]["study_model"], rows[0]["mid"], None if scratch == "none" else scratch, study)
     finally:
         lock.release()
     return 0

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..analysis.stats import decide, mean_ci, paired_difference
+
+MODES = ("same", "pair")  # AV-Digits modes of the study
 
 BOTH = "audio+video"
 MARGIN = 0.01  # "matches": at most 1 point worse
@@ -215,6 +218,25 @@ def _scratch_rows(path: Path) -> list[dict]:
     return json.loads(f.read_text()).get("rows", [])
 
 
+def _values(rows: list[dict[str, Any]], field: str) -> str:
+    """The values of a row field, as '3000' or '3000/8000' (a study whose runs differ in it)."""
+    return "/".join(f"{v:g}" for v in sorted({r[field] for r in rows}))
+
+
+def _encoders_text(pre: list[dict[str, Any]], fine: list[dict[str, Any]]) -> str:
+    if pre:
+        return (f"Encoders: {_values(pre, 'epochs')} epochs from scratch on the `same` training split "
+                f"({_values(pre, 'train_clips')} clips).")
+    # a study fine-tuned from another one's encoders (--encoders): name where they are
+    where = sorted({str(Path(p).parent.parent.parent) for r in fine for p in r.get("init", {}).values()})
+    return f"Encoders: those of {', '.join(where) or 'another study'} (not trained here)."
+
+
+def study_commands(study: dict[str, Any]) -> list[str]:
+    """The training commands recorded in study.json (its 'commands' list; a single 'command' in older studies)."""
+    return list(study.get("commands") or ([study["command"]] if "command" in study else []))
+
+
 def report(out: Path, rows: list[dict[str, Any]], model: dict[str, Any], mid: int, scratch_dir: str | None,
            study: dict[str, Any]) -> Path:
     """README.md (tables, claims, figure), claims.png and results.json in `out`, from the runs' rows alone (and the
@@ -230,19 +252,21 @@ def report(out: Path, rows: list[dict[str, Any]], model: dict[str, Any], mid: in
     lines = [
         "# The paper's claims on AV-Digits, in the paper's regime",
         "",
-        f"Command: `{study.get('command', 'python -m mbt.avdigits.claims')}` (one process per core; "
-        "`--report-only` rebuilds this page from the runs)",
+        "Commands, in the order they ran (one process per core; `--report-only` rebuilds this page from the runs):",
+        "",
+        *[f"    {c}" for c in study_commands(study) or ["python -m mbt.avdigits.claims"]],
         "",
         f"Machine: {study.get('machine', 'not recorded')}; {len(rows)} runs, "
         f"{sum(r['train_seconds'] for r in rows) / 60:.0f} min of training and "
         f"{sum(r.get('eval_seconds', 0) for r in rows) / 60:.0f} min of scoring, summed over the processes.",
         "",
         f"Model: {L} layers, width {model['hidden_size']}, {model['num_heads']} heads, {model['classifier']} "
-        f"classifier. Encoders: {sorted({r['epochs'] for r in pre})} epochs from scratch on the `same` training "
-        f"split ({sorted({r['train_clips'] for r in rows})} clips). Fusion models: fine-tuned from the seed's two "
-        f"encoders for {sorted({r['epochs'] for r in fine})} epochs at peak rate {sorted({r['lr'] for r in fine})}. "
-        f"Test: {sorted({r['test_clips'] for r in rows})} clips with unseen digit images and voices. Seeds: "
-        f"{', '.join(map(str, seeds))}. Cells: mean [95% t interval over seeds], test %.",
+        f"classifier. {_encoders_text(pre, fine)} Fusion models: fine-tuned from the seed's two encoders, "
+        + "; ".join(f"`{m}` on {_values(rs, 'train_clips')} training clips for {_values(rs, 'epochs')} epochs at "
+                    f"peak rate {_values(rs, 'lr')}" for m in MODES if (rs := [r for r in fine if r['mode'] == m]))
+        + f". Test: {_values(rows, 'test_clips')} clips with unseen digit images and voices. Seeds: "
+        f"{', '.join(map(str, seeds))}. Cells: mean [95% t interval over seeds], test %. From scratch: "
+        + (f"the models of [{scratch_dir}]({os.path.relpath(scratch_dir, out)}/README.md)" if scratch else "none") + ".",
         "",
     ]
     lines += _same_table(grid, L, mid, counts, scratch)
@@ -304,6 +328,8 @@ def _scratch_cell(scratch: list[dict], mode: str, name: str, head: str) -> str:
 
 
 def _same_table(grid: Grid, L: int, mid: int, counts: list[int], scratch: list[dict]) -> list[str]:
+    if not any(mode == "same" for mode, _ in grid.by):
+        return []  # a study of `pair` alone (e.g. a bigger budget from another study's encoders)
     lines = ["## same: the spoken digit is the shown digit (10 classes, test top-1 %)", "",
              "| model | fusion layer | bottlenecks | audio+video | video only | audio only | from scratch "
              "(audio+video) | GFLOPs | seeds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
