@@ -450,9 +450,10 @@ def figure(path: Path, grid: Grid, L: int, mid: int, counts: list[int]) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     ax = axes[0, 1]
+    cost_mode = "same" if any(m == "same" for m, _ in grid.by) else "pair"  # the cost is the model's, not the data's
     for kind in ("vanilla", "bottleneck"):
-        xs = [x for x in range(L + 1) if grid.has("same", layer_name(kind)(x))]
-        ax.plot(xs, [grid.row("same", layer_name(kind)(x))["gflops"] for x in xs], "o-", color=COLOURS[kind],
+        xs = [x for x in range(L + 1) if grid.has(cost_mode, layer_name(kind)(x))]
+        ax.plot(xs, [grid.row(cost_mode, layer_name(kind)(x))["gflops"] for x in xs], "o-", color=COLOURS[kind],
                 label=kind)
     ax.set_xticks(range(L + 1), [str(l) for l in range(L)] + [f"{L}\n(late)"])
     ax.set_xlabel("fusion layer")
@@ -474,6 +475,9 @@ def figure(path: Path, grid: Grid, L: int, mid: int, counts: list[int]) -> None:
     ax.set_ylabel("same: relevance inside the source (%)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
+    for ax in axes.flat:
+        if not ax.has_data():
+            ax.set_visible(False)  # a study of one mode has no curves for the other
     fig.suptitle("AV-Digits, fine-tuned from single-modality encoders: accuracy, cost and localisation against "
                  "fusion layer and bottleneck count (95% intervals over seeds)")
     fig.tight_layout()
