@@ -257,12 +257,23 @@ def encoders_dir(out: Path, args: argparse.Namespace) -> Path:
     return Path(args.encoders) / "runs" if args.encoders else out / "runs"
 
 
+def encoder_run(runs: Path, stream: str, seed: int) -> Path:
+    """The run folder of a seed's single-modality encoder for `stream` ('rgb' or 'spectrogram') in `runs`."""
+    return runs / f"same-{UNIMODAL[stream]}-seed{seed}"
+
+
+def read_study(out: Path) -> dict[str, Any]:
+    """<out>/study.json (the training commands, machine and from-scratch study), or {} before the first run."""
+    f = out / "study.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
 def encoder_stats(runs: Path, seeds: list[int]) -> tuple[float, float]:
     """The spectrogram normalisation of the audio encoders in `runs` (a pretrained model's statistics go with it;
     every seed's encoder was made with the same ones)."""
     found = set()
     for s in seeds:
-        f = runs / f"same-{UNIMODAL['spectrogram']}-seed{s}" / "model" / "preprocessor_config.json"
+        f = encoder_run(runs, "spectrogram", s) / "model" / "preprocessor_config.json"
         front_end = json.loads(f.read_text())["front_end"]
         found.add((front_end["mean"], front_end["std"]))
     if len(found) != 1:
@@ -284,8 +295,8 @@ def execute(run: Run, out: Path, data_dirs: dict[str, Path], model: dict[str, An
                               lr=wanted["lr"], seed=run.seed, spec_stats=stats, progress=False)
     cfg.data["augment"].update(wanted["augment"])
     if not run.pretrain:
-        for m, source in UNIMODAL.items():
-            setattr(cfg.init, m, str(encoders_dir(out, args) / f"same-{source}-seed{run.seed}" / "model"))
+        for m in UNIMODAL:
+            setattr(cfg.init, m, str(encoder_run(encoders_dir(out, args), m, run.seed) / "model"))
     train_only = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, test=None))
     cache = caches.setdefault(run.mode, {})
     if trained.is_file():
@@ -377,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         plan = grid(args.modes, args.seeds, L, mid, tuple(args.counts), args.only, encoders=not args.encoders)
         if args.encoders:
-            missing = [str(encoders_dir(out, args) / f"same-{n}-seed{s}") for s in args.seeds
-                       for n in UNIMODAL.values() if not weights_kept(encoders_dir(out, args) / f"same-{n}-seed{s}")]
+            missing = [str(d) for s in args.seeds for m in UNIMODAL
+                       if not weights_kept(d := encoder_run(encoders_dir(out, args), m, s))]
             if missing:
                 p.error(f"--encoders {args.encoders}: no encoder weights in {', '.join(missing)}; run that study "
                         "for these seeds first (an encoder whose weights are gone is made again by it)")
@@ -389,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         # Every invocation that trains is recorded (a study grown with more seeds or cells has several)
         command = "python -m mbt.avdigits.claims " + shlex.join(sys.argv[1:] if argv is None else argv)
-        before = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
+        before = read_study(out)
         commands = [c for c in study_commands(before) if c != command] + [command]
         study = {**before, "commands": commands, "machine": machine()}
         study.pop("command", None)  # an older study's single command, now the first of `commands`
@@ -431,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     while not lock.acquire():
         time.sleep(1.0)
     try:
-        study = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
+        study = read_study(out)
         if args.scratch is not None and args.scratch != study.get("scratch", SCRATCH):
             study["scratch"] = args.scratch  # a page rebuilt later shows the same column
             write_atomic(out / "study.json", json.dumps(study, indent=1) + "\n")

@@ -43,6 +43,9 @@ class Grid:
     def has(self, mode: str, name: str) -> bool:
         return (mode, name) in self.by
 
+    def has_mode(self, mode: str) -> bool:
+        return any(m == mode for m, _ in self.by)
+
     def seeds(self, mode: str, name: str) -> list[int]:
         return sorted(self.by.get((mode, name), {}))
 
@@ -328,7 +331,7 @@ def _scratch_cell(scratch: list[dict], mode: str, name: str, head: str) -> str:
 
 
 def _same_table(grid: Grid, L: int, mid: int, counts: list[int], scratch: list[dict]) -> list[str]:
-    if not any(mode == "same" for mode, _ in grid.by):
+    if not grid.has_mode("same"):
         return []  # a study of `pair` alone (e.g. a bigger budget from another study's encoders)
     lines = ["## same: the spoken digit is the shown digit (10 classes, test top-1 %)", "",
              "| model | fusion layer | bottlenecks | audio+video | video only | audio only | from scratch "
@@ -450,7 +453,7 @@ def figure(path: Path, grid: Grid, L: int, mid: int, counts: list[int]) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     ax = axes[0, 1]
-    cost_mode = "same" if any(m == "same" for m, _ in grid.by) else "pair"  # the cost is the model's, not the data's
+    cost_mode = "same" if grid.has_mode("same") else "pair"  # the cost is the model's, not the data's
     for kind in ("vanilla", "bottleneck"):
         xs = [x for x in range(L + 1) if grid.has(cost_mode, layer_name(kind)(x))]
         ax.plot(xs, [grid.row(cost_mode, layer_name(kind)(x))["gflops"] for x in xs], "o-", color=COLOURS[kind],
