@@ -23,8 +23,9 @@ localisation (`mbt.analysis.localisation`): the share of the relevance inside th
     python -m mbt.avdigits.claims --out docs/results/claims --report-only
     python -m mbt.avdigits.claims --out /tmp/claims --quick            # a smoke run of the script (minutes)
     python -m mbt.avdigits.claims --out docs/results/claims/pair-8000 --encoders docs/results/claims \
-        --modes pair --train-clips 8000 --only late vanilla@2 bottleneck@2   # a bigger `pair` budget, from the
-                                                                           # main study's encoders
+        --modes pair --train-clips 8000 --finetune-epochs 15 --only late vanilla@2 bottleneck@2
+                                                                       # a bigger `pair` budget, from the main
+                                                                       # study's encoders (docs/results/claims/pair-8000)
 
 Runs that finished are reused (<out>/runs/<run>/row.json; a finished run made with other settings is refused, not
 mixed in); a run being trained is locked (an flock on <out>/runs/<run>.lock, which the kernel drops if its process
